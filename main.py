@@ -1,0 +1,56 @@
+"""Pre-train with ssljax.
+
+    python main.py --config=configs/byol.py:fashion_mnist --workdir=runs/byol_fm
+    python main.py --config=configs/byol.py --workdir=gs://bucket/byol --config.batch_size=4096
+
+Running again with the same --workdir resumes from its newest checkpoint. Presets follow
+the colon (`imagenet` when none is given); `--config.FIELD=VALUE` overrides any field.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with a preset: configs/byol.py:fashion_mnist",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU pods)."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from ssljax.errors import UserError
+
+    try:
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")  # tf.data only; leave accelerators to jax
+        import jax
+
+        if _DISTRIBUTED.value:
+            jax.distributed.initialize()
+        from ssljax import train
+
+        config = _CONFIG.value
+        train.train(config, _WORKDIR.value)
+        if config.eval.get("knn_after_training", False):
+            from ssljax.eval import knn
+
+            knn.report_against_random_init(_WORKDIR.value)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,33 @@
+"""ssljax: self-supervised visual pre-training in JAX/Flax.
+
+Lower bounds are the versions the test suite was run with (see README.md).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ssljax",
+    version="0.1.0",
+    description="Self-supervised visual pre-training (BYOL, DetCon, MoCo, M²T, SaGe, SSLight) "
+    "in JAX/Flax on one sharded engine",
+    packages=find_packages(include=["ssljax", "ssljax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "chex>=0.1.92",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.5.1",
+        "numpy>=2.0",
+        "tensorflow-cpu>=2.21.0",
+        "tensorflow-datasets>=4.9.10",
+        "scikit-image>=0.26.0",
+    ],
+    extras_require={
+        "dev": ["pytest>=9.0.3", "ruff>=0.17.6"],
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "gpu": ["jax[cuda13]>=0.10.2"],
+    },
+)

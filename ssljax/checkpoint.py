@@ -1,0 +1,49 @@
+"""Orbax checkpoints of the TrainState: periodic, keep the newest N, resume from the last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import jax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+
+from ssljax.train_state import TrainState
+
+
+class Checkpointer:
+    """A thin layer over `ocp.CheckpointManager` that knows how to rebuild a TrainState."""
+
+    def __init__(self, directory: str | Path, keep: int = 3, asynchronous: bool = True):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous
+        )
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: TrainState, force: bool = False) -> None:
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+    def restore(
+        self, init: Callable[[jax.Array], TrainState], rng: jax.Array, sharding: NamedSharding,
+        step: int | None = None,
+    ) -> TrainState:
+        """The state saved at `step` (the latest by default), laid out like `init(rng)`."""
+        step = self.latest_step() if step is None else step
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            jax.eval_shape(init, rng),
+        )
+        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,112 @@
+"""Shared config defaults and preset handling for `configs/*.py`.
+
+A config file defines `get_config(arg=None)`: it starts from `base_config()` (every
+field, with the BYOL/ImageNet value as default), then applies the preset named by
+`arg` (`configs/byol.py:fashion_mnist`). Fields are documented where they are set.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ml_collections
+from ml_collections import config_dict
+
+from ssljax.errors import UserError
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = "byol"
+    c.preset = ""  # filled in by `apply_preset`, recorded with the run
+    c.seed = 0
+    c.batch_size = 4096  # global batch B over all devices and hosts
+    c.epochs = 300
+    c.total_steps = 0  # 0: epochs × steps_per_epoch; > 0 overrides the epochs
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "imagenet2012"
+    c.dataset.data_dir = config_dict.placeholder(str)  # default: $TFDS_DATA_DIR or tfds's
+    c.dataset.train_split = config_dict.placeholder(str)  # default: the registry's split
+    c.dataset.image_size = 224
+    c.dataset.shuffle_buffer = 50_000
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.preset = "byol"  # one of ssljax.data.augment.PRESETS (SPEC.md's table)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet50"
+    c.model.width = 1.0  # channel multiplier
+    c.model.small_stem = False  # 3×3 stride-1 stem, no max-pool (32-px images)
+    c.model.bn_momentum = 0.9  # running-statistics decay (BYOL reference: 0.9)
+    c.model.dtype = "float32"  # compute dtype; "bfloat16" on TPU
+    c.bn_group = "sync"  # 'sync' | 'local' | n: which images share BN statistics
+
+    # BYOL heads: Linear 4096 → BN → ReLU → Linear 256 (no bias on the last layer).
+    c.projector = ml_collections.ConfigDict({"hidden_dims": (4096,), "out_dim": 256})
+    c.predictor = ml_collections.ConfigDict({"hidden_dims": (4096,), "out_dim": 256})
+    c.tau_base = 0.99  # target EMA at step 0 (300 epochs; 0.996 for 1000)
+    c.tau_schedule = "cosine"
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "lars"
+    c.optimizer.base_lr = 0.3  # LR = base_lr × B / 256 (300 epochs; 0.2 for 1000)
+    c.optimizer.weight_decay = 1e-6  # (1.5e-6 for 1000 epochs)
+    c.optimizer.momentum = 0.9
+    c.optimizer.trust_coefficient = 1e-3  # LARS η
+    c.optimizer.warmup_epochs = 10.0
+    c.optimizer.schedule = "cosine"  # 'cosine' | 'steps' | 'constant'
+    c.optimizer.decay_at = ()  # fractions of training, for 'steps'
+    c.optimizer.decay_factor = 0.1
+
+    c.online_probe = True  # linear classifier on stop-gradient features, when labelled
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 512
+    c.eval.knn_k = 20
+    c.eval.knn_temperature = 0.07
+    return c
+
+
+def apply_preset(
+    config: ml_collections.ConfigDict,
+    arg: str | None,
+    presets: dict[str, Callable[[ml_collections.ConfigDict], None]],
+    default: str,
+) -> ml_collections.ConfigDict:
+    """Apply the preset named `arg` (or `default`); an unknown name is a UserError."""
+    name = arg or default
+    if name not in presets:
+        raise UserError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+    presets[name](config)
+    config.preset = name
+    return config
+
+
+def small_cpu_model(config: ml_collections.ConfigDict, width: float) -> None:
+    """A ResNet-18 with the small-image stem at 32 px: the shape of every CPU preset."""
+    config.model.name = "resnet18"
+    config.model.width = width
+    config.model.small_stem = True
+    config.dataset.image_size = 32
+
+
+def smoke(config: ml_collections.ConfigDict) -> None:
+    """Seconds, for tests and the CLI check: a tiny ResNet-18 on Fashion-MNIST, 6 steps."""
+    small_cpu_model(config, width=1 / 16)
+    config.dataset.name = "fashion_mnist"
+    config.dataset.train_split = "train[:1024]"
+    config.dataset.shuffle_buffer = 1024
+    config.batch_size = 32
+    config.total_steps = 6
+    config.optimizer.warmup_epochs = 0.0
+    config.projector.hidden_dims = (64,)
+    config.projector.out_dim = 32
+    config.predictor.hidden_dims = (64,)
+    config.predictor.out_dim = 32
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 3
+    config.eval.batch_size = 256

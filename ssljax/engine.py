@@ -1,0 +1,157 @@
+"""The one sharded train step every method runs on.
+
+`make_train_step` turns a method's pure loss into `step(state, batch, rng) -> (state,
+metrics)`: jitted once, `shard_map`ped over `Mesh(devices, ('data',))`, the state
+replicated and donated, the batch split along its first axis. Inside, per device: the
+loss and its gradient on the local batch (BN statistics synchronised as the method's
+modules say), the online linear probe on stop-gradient features, gradients averaged over
+the `data` axis, the optimiser update, the method's post-step rules (EMA, queues), and
+running statistics averaged so that the replicated state stays identical everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ssljax.errors import UserError
+from ssljax.methods.base import DATA_AXIS, Method
+from ssljax.models.heads import LinearClassifier
+from ssljax.train_state import TrainState
+
+REPLICATED = P()
+SPLIT = P(DATA_AXIS)
+
+
+def _mean_if_float(x: jax.Array) -> jax.Array:
+    return jax.lax.pmean(x, DATA_AXIS) if jnp.issubdtype(x.dtype, jnp.inexact) else x
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over `devices` (all devices of all processes by default)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    devices = mesh.devices.size
+    if batch_size <= 0 or batch_size % devices:
+        raise UserError(
+            f"batch_size={batch_size} must be a positive multiple of the {devices} devices; "
+            f"set --config.batch_size to e.g. {max(devices, batch_size // devices * devices)}"
+        )
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble each process's rows into one global array sharded along `data`."""
+    sharding = NamedSharding(mesh, SPLIT)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local_batch.items()
+    }
+
+
+def probe_loss(
+    probe: nn.Module, probe_params: Any, features: jax.Array, labels: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Cross-entropy and top-1 of a linear classifier on stop-gradient features.
+
+    Rows labelled −1 (unlabelled images) are ignored. This is BYOL's online classifier:
+    it tracks representation quality during training and never shapes the encoder.
+    """
+    logits = probe.apply({"params": probe_params}, jax.lax.stop_gradient(features))
+    logits = logits.astype(jnp.float32)
+    valid = labels >= 0
+    safe_labels = jnp.where(valid, labels, 0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels)
+    count = jnp.maximum(valid.sum(), 1)
+    loss = jnp.sum(jnp.where(valid, ce, 0.0)) / count
+    top1 = jnp.sum(jnp.where(valid, jnp.argmax(logits, -1) == labels, False)) / count
+    return loss, top1
+
+
+def init_state(
+    method: Method,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    images: jax.Array,
+    num_classes: int | None,
+) -> TrainState:
+    """A fresh TrainState: the method's fields, the online probe, the optimiser state."""
+    method_rng, probe_rng = jax.random.split(rng)
+    fields = method.init(method_rng, images)
+    params = dict(fields.pop("params"))
+    if num_classes:
+        features = jax.eval_shape(
+            lambda p, s: method.encoder.apply({"params": p, "batch_stats": s}, images, train=False),
+            params["encoder"],
+            fields["batch_stats"]["encoder"],
+        )["pooled"]
+        probe = LinearClassifier(num_classes=num_classes)
+        dummy = jnp.zeros(features.shape, jnp.float32)
+        params["probe"] = probe.init(probe_rng, dummy)["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), **fields
+    )
+
+
+def make_init(method, tx, mesh: Mesh, image_shape, num_classes) -> Callable[[jax.Array], TrainState]:
+    """`init(rng) -> TrainState`, jitted so that the state is created replicated on `mesh`."""
+    images = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
+    return jax.jit(
+        lambda rng: init_state(method, tx, rng, images, num_classes),
+        out_shardings=NamedSharding(mesh, REPLICATED),
+    )
+
+
+def make_train_step(
+    method: Method,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+    num_classes: int | None,
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """The jitted, sharded `step(state, batch, rng) -> (state, metrics)`; donates `state`."""
+    probe = LinearClassifier(num_classes=num_classes) if num_classes else None
+
+    def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        step_rng = jax.random.fold_in(rng, state.step)
+        device_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(DATA_AXIS))
+
+        def total_loss(params):
+            loss, aux = method.loss(params, state, batch, device_rng)
+            metrics = dict(aux.get("metrics", {}), loss=loss)
+            if probe is not None:
+                p_loss, p_top1 = probe_loss(probe, params["probe"], aux["features"], batch["label"])
+                metrics.update(online_probe_loss=p_loss, online_top1=p_top1)
+                loss = loss + p_loss
+            return loss, (aux.get("updates", {}), metrics)
+
+        grads, (updates, metrics) = jax.grad(total_loss, has_aux=True)(state.params)
+        grads = jax.lax.pmean(grads, DATA_AXIS)
+        param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, param_updates)
+        # Local-BN statistics differ per device; averaging keeps the replicated state exact.
+        updates = jax.tree_util.tree_map(_mean_if_float, updates)
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, **updates
+        )
+        new_state = method.after_update(new_state)
+        metrics.update(method.schedules(state.step), lr=schedule(state.step))
+        return new_state, jax.lax.pmean(metrics, DATA_AXIS)
+
+    sharded = jax.shard_map(
+        step,
+        mesh=mesh,
+        in_specs=(REPLICATED, SPLIT, REPLICATED),
+        out_specs=(REPLICATED, REPLICATED),
+        check_vma=False,
+    )
+    return jax.jit(sharded, donate_argnums=(0,))

@@ -1,0 +1,47 @@
+"""python -m ssljax.eval knn --workdir=DIR [--checkpoint=STEP] [--random-init] [--raw-pixels]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ssljax.eval", description=__doc__)
+    sub = parser.add_subparsers(dest="protocol", required=True)
+    knn = sub.add_parser("knn", help="weighted k-NN (20-NN, cosine, T = 0.07)")
+    knn.add_argument("--workdir", required=True, help="the --workdir of a training run")
+    knn.add_argument("--checkpoint", type=int, default=None, help="step (default: newest)")
+    knn.add_argument("--dataset", default=None, help="evaluate on another dataset")
+    knn.add_argument("--random-init", action="store_true",
+                     help="the untrained network of the same config (the baseline)")
+    knn.add_argument("--raw-pixels", action="store_true",
+                     help="k-NN on the flattened eval images instead of features")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from ssljax.errors import UserError
+
+    try:
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
+        if args.protocol == "knn":
+            from ssljax.eval import knn
+
+            result = knn.evaluate(args.workdir, args.checkpoint, args.random_init,
+                                  args.raw_pixels, args.dataset)
+        print(json.dumps(result))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Where a run reports: `metrics.jsonl`, TensorBoard, and one progress line per log step."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class MetricsLogger:
+    """Writes metrics from process 0 only; measures img/s between calls.
+
+    On resume, rows logged after the restored checkpoint (by a run that died before its
+    next checkpoint) are dropped, so `metrics.jsonl` reads as one uninterrupted run.
+    """
+
+    def __init__(self, workdir: Path, total_steps: int, steps_per_epoch: int, batch_size: int,
+                 start_step: int = 0):
+        self.enabled = jax.process_index() == 0
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.batch_size = batch_size
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._last_time, self._last_step = time.perf_counter(), start_step
+        self._start_time, self._start_step = self._last_time, start_step
+        self._steady_images, self._steady_seconds = 0, 0.0
+        self._writer = None
+        if not self.enabled:
+            return
+        if self.path.exists():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line]
+            kept = [r for r in rows if r["step"] <= start_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        import tensorflow as tf
+
+        self._writer = tf.summary.create_file_writer(str(Path(workdir) / "tensorboard"))
+
+    def log(self, step: int, metrics: dict) -> dict:
+        """Record `metrics` (device scalars) for `step`; returns the row written."""
+        metrics = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        images = (step - self._last_step) * self.batch_size
+        seconds = max(now - self._last_time, 1e-9)
+        if self._last_step > self._start_step:  # the first interval includes compilation
+            self._steady_images += images
+            self._steady_seconds += seconds
+        row = {"step": step, "epoch": step / max(self.steps_per_epoch, 1), **metrics,
+               "images_per_sec": images / seconds, "elapsed_sec": now - self._start_time}
+        self._last_time, self._last_step = now, step
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            with self._writer.as_default(step=step):
+                import tensorflow as tf
+
+                for name, value in row.items():
+                    if name not in ("step",):
+                        tf.summary.scalar(name, value)
+            self._writer.flush()
+            self._print(row)
+        return row
+
+    def _print(self, row: dict) -> None:
+        rate = row["images_per_sec"]
+        eta = (self.total_steps - row["step"]) * self.batch_size / max(rate, 1e-9)
+        extra = f" | top1 {row['online_top1']:.3f}" if "online_top1" in row else ""
+        print(
+            f"step {row['step']}/{self.total_steps} (epoch {row['epoch']:.2f}) | "
+            f"loss {row['loss']:.4f}{extra} | lr {row['lr']:.3g} | "
+            f"{rate:.0f} img/s | ETA {_format_seconds(eta)}",
+            flush=True,
+        )
+
+    def steady_images_per_sec(self) -> float | None:
+        """Throughput after the first (compiling) log interval, or None if too short."""
+        return self._steady_images / self._steady_seconds if self._steady_seconds else None

@@ -1,0 +1,150 @@
+"""What every objective shares: the method interface, network plumbing and the EMA target.
+
+A method supplies networks, a pure loss and the rules that move non-optimised state after
+the optimiser step. It never calls `jax.jit` or names devices: the engine (`ssljax.engine`)
+wraps `loss` into one sharded step and runs it inside `shard_map`, where collectives may
+name the `data` axis (`DATA_AXIS`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ssljax.models.heads import MLP
+from ssljax.models.resnet import build_resnet
+from ssljax.optim import cosine_increase
+from ssljax.train_state import TrainState
+
+DATA_AXIS = "data"
+
+
+class SiameseNetwork(nn.Module):
+    """encoder → projector (→ predictor). Online and target share the first two names."""
+
+    encoder: nn.Module
+    projector: nn.Module
+    predictor: nn.Module | None = None
+
+    def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
+        outputs = dict(self.encoder(images, train=train))
+        outputs["projection"] = self.projector(outputs["pooled"], train=train)
+        if self.predictor is not None:
+            outputs["prediction"] = self.predictor(outputs["projection"], train=train)
+        return outputs
+
+
+def apply_train(module: nn.Module, params: Any, batch_stats: Any, images: jax.Array, **kwargs):
+    """One training-mode forward pass; returns (outputs, updated batch_stats)."""
+    outputs, mutated = module.apply(
+        {"params": params, "batch_stats": batch_stats},
+        images,
+        train=True,
+        mutable=["batch_stats"],
+        **kwargs,
+    )
+    return outputs, mutated["batch_stats"]
+
+
+def ema(target: Any, online: Any, tau: jax.Array) -> Any:
+    """target ← τ·target + (1 − τ)·online, leaf by leaf."""
+    return jax.tree_util.tree_map(lambda t, o: tau * t + (1.0 - tau) * o, target, online)
+
+
+def build_encoder(config: ml_collections.ConfigDict, bn_group=None, axis_name=DATA_AXIS):
+    """The backbone named by `config.model`, with its BN statistics over `bn_group`."""
+    return build_resnet(
+        config.model.name,
+        width=config.model.width,
+        small_stem=config.model.small_stem,
+        bn_group=config.bn_group if bn_group is None else bn_group,
+        axis_name=axis_name,
+        bn_momentum=config.model.bn_momentum,
+        dtype=jnp.dtype(config.model.dtype),
+    )
+
+
+def build_mlp(head: ml_collections.ConfigDict, bn_group, axis_name=DATA_AXIS, **kwargs) -> MLP:
+    """A projector/predictor head from a config with `hidden_dims` and `out_dim`."""
+    from functools import partial
+
+    from ssljax.models.norm import BatchNorm
+
+    bn = partial(BatchNorm, group=bn_group, axis_name=axis_name)
+    return MLP(hidden_dims=tuple(head.hidden_dims), out_dim=head.out_dim, bn=bn, **kwargs)
+
+
+class Method:
+    """Base class of an objective. Subclasses set `self.online` and implement `loss`.
+
+    Contract:
+    - `init(rng, images)` returns the TrainState fields the method uses (`params`,
+      `batch_stats`, and e.g. `target_params`, `queue`); the engine adds the online probe
+      and the optimiser state.
+    - `loss(params, state, batch, rng)` is pure and runs per device inside the sharded step.
+      It returns `(loss, aux)` with `aux = {'updates': {field: value}, 'features': [b, C]
+      pooled online features of view 1 (for the online probe), 'metrics': {name: scalar}}`.
+    - `after_update(state)` moves what the optimiser does not (EMA target, queue pointer).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, total_steps: int):
+        self.config = config
+        self.total_steps = total_steps
+        self.online: nn.Module
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The backbone whose pooled features are evaluated (params under 'encoder')."""
+        return self.online.encoder
+
+    def init(self, rng: jax.Array, images: jax.Array) -> dict[str, Any]:
+        variables = self.online.init(rng, images, train=False)
+        return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+    def loss(self, params, state: TrainState, batch, rng):
+        raise NotImplementedError
+
+    def after_update(self, state: TrainState) -> TrainState:
+        return state
+
+    def schedules(self, step: jax.Array) -> dict[str, jax.Array]:
+        """Per-step values of the method's own schedules, logged beside the LR."""
+        return {}
+
+
+class EmaTargetMethod(Method):
+    """A method whose target network is an EMA of part of the online network (BYOL family).
+
+    The target holds the online parameters named in `target_keys` and its own BN
+    statistics, which only its own forward passes update. τ follows BYOL's cosine
+    schedule from `config.tau_base` to 1 (a constant `tau_base` when
+    `config.tau_schedule == 'constant'`, as MoCo's key encoder).
+    """
+
+    target_keys: tuple[str, ...] = ("encoder", "projector")
+
+    def init(self, rng, images):
+        fields = super().init(rng, images)
+        fields["target_params"] = {k: fields["params"][k] for k in self.target_keys}
+        fields["target_batch_stats"] = {
+            k: fields["batch_stats"][k] for k in self.target_keys if k in fields["batch_stats"]
+        }
+        return fields
+
+    def tau(self, step: jax.Array) -> jax.Array:
+        if self.config.get("tau_schedule", "cosine") == "constant":
+            return jnp.asarray(self.config.tau_base, jnp.float32)
+        return cosine_increase(self.config.tau_base, step, self.total_steps)
+
+    def schedules(self, step):
+        return {"tau": self.tau(step)}
+
+    def after_update(self, state: TrainState) -> TrainState:
+        online = {k: state.params[k] for k in self.target_keys}
+        # `state.step` was already advanced; τ belongs to the step just taken.
+        tau = self.tau(state.step - 1)
+        return state.replace(target_params=ema(state.target_params, online, tau))

@@ -1,0 +1,105 @@
+"""Optimisers and schedules: LARS/SGD/AdamW from optax, warm-up + cosine LR, the EMA rate.
+
+Numbers follow SPEC.md "LARS (optax), schedules": LR = base_lr × B / 256, linear warm-up
+from 0, then cosine to 0 (or piecewise-constant decay); biases and normalisation
+parameters are excluded from weight decay and from the trust ratio, as are depth-wise
+convolutions from the trust ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ssljax.errors import UserError
+
+
+def peak_learning_rate(base_lr: float, batch_size: int) -> float:
+    """The linear scaling rule: LR = base_lr × B / 256."""
+    return base_lr * batch_size / 256
+
+
+def learning_rate_schedule(
+    opt: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: int, total_steps: int
+) -> optax.Schedule:
+    """Linear warm-up from 0 over `opt.warmup_epochs`, then `opt.schedule`.
+
+    `cosine` decays to 0 at `total_steps`; `steps` multiplies by `opt.decay_factor` at each
+    fraction of training in `opt.decay_at` (MoCo v1: 120/200 and 160/200; DetCon on COCO:
+    0.96 and 0.98); `constant` stays at the peak.
+    """
+    peak = peak_learning_rate(opt.base_lr, batch_size)
+    warmup = min(int(round(opt.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+    warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
+    if opt.schedule == "cosine":
+        after = optax.cosine_decay_schedule(peak, max(total_steps - warmup, 1), alpha=0.0)
+    elif opt.schedule == "steps":
+        boundaries = {
+            max(int(round(f * total_steps)) - warmup, 1): opt.decay_factor for f in opt.decay_at
+        }
+        after = optax.piecewise_constant_schedule(peak, boundaries)
+    elif opt.schedule == "constant":
+        after = optax.constant_schedule(peak)
+    else:
+        raise UserError(
+            f"optimizer.schedule={opt.schedule!r}: choose 'cosine', 'steps' or 'constant'"
+        )
+    if warmup == 0:
+        return after
+    return optax.join_schedules([warmup_fn, after], [warmup])
+
+
+def cosine_increase(base: float, step: jax.Array, total_steps: int) -> jax.Array:
+    """1 − (1 − base)·(cos(πk/K) + 1)/2: equals `base` at k = 0 and 1 at k = K (BYOL's τ)."""
+    progress = jnp.clip(step / max(total_steps, 1), 0.0, 1.0)
+    return 1.0 - (1.0 - base) * (jnp.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def adaptation_mask(params: Any) -> Any:
+    """True for the leaves that get weight decay and the LARS trust ratio.
+
+    Biases and normalisation scales/offsets (every leaf with ndim ≤ 1) are excluded, as in
+    the BYOL/DetCon reference; so are depth-wise convolution kernels (any module whose name
+    contains 'depthwise'), as in the low-compute paper's MobileNetV2 recipe.
+    """
+
+    def keep(path, leaf) -> bool:
+        names = "/".join(str(getattr(p, "key", p)) for p in path)
+        return leaf.ndim > 1 and "depthwise" not in names
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def build_optimizer(
+    opt: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: int, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimiser named by `opt.name` ('lars', 'sgd', 'adamw') and its LR schedule."""
+    if opt.base_lr < 0:
+        raise UserError(f"optimizer.base_lr must be ≥ 0, got {opt.base_lr}")
+    if opt.weight_decay < 0:
+        raise UserError(f"optimizer.weight_decay must be ≥ 0, got {opt.weight_decay}")
+    schedule = learning_rate_schedule(opt, batch_size, steps_per_epoch, total_steps)
+    if opt.name == "lars":
+        tx = optax.lars(
+            schedule,
+            weight_decay=opt.weight_decay,
+            weight_decay_mask=adaptation_mask,
+            trust_coefficient=opt.trust_coefficient,
+            trust_ratio_mask=adaptation_mask,
+            momentum=opt.momentum,
+        )
+    elif opt.name == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(opt.weight_decay, mask=adaptation_mask),
+            optax.sgd(schedule, momentum=opt.momentum),
+        )
+    elif opt.name == "adamw":
+        tx = optax.adamw(schedule, weight_decay=opt.weight_decay, mask=adaptation_mask)
+    else:
+        raise UserError(f"optimizer.name={opt.name!r}: choose 'lars', 'sgd' or 'adamw'")
+    return tx, schedule
