@@ -110,3 +110,17 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     config.log_every_steps = 2
     config.checkpoint_every_steps = 3
     config.eval.batch_size = 256
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """The config of `path/to/config.py[:preset]`, as `--config=` would load it."""
+    import importlib.util
+    from pathlib import Path
+
+    path, _, preset = spec.partition(":")
+    if not Path(path).is_file():
+        raise UserError(f"config file {path} not found")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset or None)
