@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from etils.epath import Path
 from typing import Callable
 
 import jax

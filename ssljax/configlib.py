@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 512
     c.eval.knn_k = 20
     c.eval.knn_temperature = 0.07
+    c.eval.knn_after_training = False  # main.py prints k-NN top-1 vs random init at the end
     return c
 
 

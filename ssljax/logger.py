@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+from etils.epath import Path
 
 import jax
 import numpy as np
@@ -32,13 +32,12 @@ class MetricsLogger:
         self._last_time, self._last_step = time.perf_counter(), start_step
         self._start_time, self._start_step = self._last_time, start_step
         self._steady_images, self._steady_seconds = 0, 0.0
-        self._writer = None
+        self._writer, self._rows = None, []
         if not self.enabled:
             return
         if self.path.exists():
             rows = [json.loads(line) for line in self.path.read_text().splitlines() if line]
-            kept = [r for r in rows if r["step"] <= start_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self._rows = [r for r in rows if r["step"] <= start_step]
         import tensorflow as tf
 
         self._writer = tf.summary.create_file_writer(str(Path(workdir) / "tensorboard"))
@@ -56,8 +55,9 @@ class MetricsLogger:
                "images_per_sec": images / seconds, "elapsed_sec": now - self._start_time}
         self._last_time, self._last_step = now, step
         if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            # Rewritten whole: object stores (gs://) cannot append.
+            self._rows.append(row)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
             with self._writer.as_default(step=step):
                 import tensorflow as tf
 

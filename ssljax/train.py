@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
+from etils.epath import Path
 from typing import Any, Callable
 
 import jax

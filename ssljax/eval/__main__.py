@@ -21,6 +21,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="the untrained network of the same config (the baseline)")
     knn.add_argument("--raw-pixels", action="store_true",
                      help="k-NN on the flattened eval images instead of features")
+    knn.add_argument("--distributed", action="store_true",
+                     help="call jax.distributed.initialize() first (multi-host pods)")
     return parser.parse_args(argv)
 
 
@@ -32,6 +34,10 @@ def main(argv=None) -> None:
         import tensorflow as tf
 
         tf.config.set_visible_devices([], "GPU")
+        if args.distributed:
+            import jax
+
+            jax.distributed.initialize()
         if args.protocol == "knn":
             from ssljax.eval import knn
 

@@ -8,7 +8,7 @@ the test split.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from etils.epath import Path
 
 import jax
 import jax.numpy as jnp
