@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from etils.epath import Path
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import orbax.checkpoint as ocp
+from etils.epath import Path
 from jax.sharding import NamedSharding
 
 from ssljax.train_state import TrainState

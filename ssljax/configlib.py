@@ -7,7 +7,7 @@ field, with the BYOL/ImageNet value as default), then applies the preset named b
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 from ml_collections import config_dict

@@ -11,7 +11,8 @@ running statistics averaged so that the replicated state stays identical everywh
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -102,7 +103,9 @@ def init_state(
     )
 
 
-def make_init(method, tx, mesh: Mesh, image_shape, num_classes) -> Callable[[jax.Array], TrainState]:
+def make_init(
+    method, tx, mesh: Mesh, image_shape, num_classes
+) -> Callable[[jax.Array], TrainState]:
     """`init(rng) -> TrainState`, jitted so that the state is created replicated on `mesh`."""
     images = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
     return jax.jit(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from etils.epath import Path
 
 import jax
 import numpy as np
+from etils.epath import Path
 
 
 def _format_seconds(seconds: float) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from etils.epath import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 import optax
+from etils.epath import Path
 from jax.sharding import Mesh, NamedSharding
 
 from ssljax import engine
@@ -72,7 +73,9 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
         )
     total_steps = config.total_steps if config.total_steps > 0 else config.epochs * steps_per_epoch
     method = get_method(config.method)(config, total_steps)
-    tx, schedule = build_optimizer(config.optimizer, config.batch_size, steps_per_epoch, total_steps)
+    tx, schedule = build_optimizer(
+        config.optimizer, config.batch_size, steps_per_epoch, total_steps
+    )
     num_classes = info.num_classes if config.online_probe else None
     size = config.dataset.image_size
     init = engine.make_init(method, tx, mesh, (size, size, 3), num_classes)

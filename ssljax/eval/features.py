@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from etils.epath import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils.epath import Path
 from jax.sharding import NamedSharding
 
 from ssljax import engine, train

@@ -8,11 +8,11 @@ the test split.
 from __future__ import annotations
 
 import json
-from etils.epath import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils.epath import Path
 
 from ssljax.eval import features as feats
 

@@ -18,7 +18,8 @@ outside the sharded step. Initialise with ``train=False``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 
 from ssljax.errors import UserError
 
-BNGroup = Union[str, int]
+BNGroup = str | int
 
 
 def parse_bn_group(group: BNGroup) -> BNGroup:
@@ -54,7 +55,7 @@ def batch_moments(x: jax.Array, group: BNGroup, axis_name: str | None) -> jax.Ar
     set of statistics, or [2, G, C] when the per-device batch splits into G groups.
     """
     group = parse_bn_group(group)
-    if group == "local" or axis_name is None and group == "sync":
+    if group == "local" or (group == "sync" and axis_name is None):
         return _moments(x)
     if group == "sync":
         return jax.lax.pmean(_moments(x), axis_name)
