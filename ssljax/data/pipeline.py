@@ -1,0 +1,208 @@
+"""Train and eval input pipelines: process-local numpy batches from tfds.
+
+The training stream is a pure function of (seed, process_index, process_count, step):
+epoch e reads this process's shard in an order seeded by (seed, e), numbers the
+examples, and seeds each example's augmentation from (seed, e, index). Resuming at
+step k rebuilds k's epoch and skips the consumed examples before they are decoded, so
+the resumed stream equals the uninterrupted one and costs a read, not an augmentation,
+per skipped image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ssljax.data import augment, registry
+from ssljax.errors import UserError
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+    """Full global batches per epoch (the remainder is dropped), equal on every process."""
+    return num_train_examples // config.batch_size
+
+
+def train_split(config: ml_collections.ConfigDict, info: registry.DatasetInfo) -> str:
+    """`config.dataset.train_split` if set (e.g. 'train[:1024]'), else the registry's."""
+    return config.dataset.get("train_split") or info.train_split
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    return index, count
+
+
+def _local_batch(batch_size: int, process_count: int) -> int:
+    if batch_size <= 0 or batch_size % process_count:
+        raise UserError(
+            f"batch_size={batch_size} must be a positive multiple of the {process_count} "
+            "processes; change --config.batch_size"
+        )
+    return batch_size // process_count
+
+
+def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    threads = config.dataset.get("threads")
+    if threads:
+        options.threading.private_threadpool_size = int(threads)
+        options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def _decode(encoded: tf.Tensor, builder: tfds.core.DatasetBuilder, image_key: str) -> tf.Tensor:
+    channels = builder.info.features[image_key].shape[-1] or 3
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, channels])
+
+
+def _epoch_seeds(seed: int, epoch: int, process_index: int) -> tuple[int, int]:
+    """(file-order seed, shuffle-buffer seed) of one epoch on one process."""
+    state = np.random.SeedSequence([seed, epoch, process_index]).generate_state(2)
+    return int(state[0]), int(state[1])
+
+
+def _train_epoch(config, info, builder, split, epoch, process_index, local_batch, steps, skip):
+    """Batches `skip`..`steps`-1 of one epoch on one process, as a tf.data pipeline."""
+    file_seed, buffer_seed = _epoch_seeds(config.seed, epoch, process_index)
+    read_config = tfds.ReadConfig(shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=False)
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=True,
+        read_config=read_config,
+        decoders={info.image_key: tfds.decode.SkipDecoding()},
+    )
+    ds = ds.shuffle(config.dataset.shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False)
+    ds = ds.enumerate().take(steps * local_batch).skip(skip * local_batch)
+
+    epoch_key = augment.fold_seed(tf.constant([config.seed, process_index], tf.int64), epoch)
+    preset = augment.get_preset(config.augment.preset)
+    size = config.dataset.image_size
+
+    def make_example(index, example):
+        image = _decode(example[info.image_key], builder, info.image_key)
+        view1, view2 = augment.two_views(image, augment.fold_seed(epoch_key, index), preset, size)
+        out = {"view1": view1, "view2": view2}
+        if info.label_key is not None:
+            out["label"] = tf.cast(example[info.label_key], tf.int32)
+        return out
+
+    ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options(config))
+
+
+def train_batches(
+    config: ml_collections.ConfigDict,
+    *,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's training batches from global step `start_step` on, forever.
+
+    Yields {'view1', 'view2': float32 [b, S, S, 3] in [0, 1], 'label': int32 [b]} with
+    b = batch_size / process_count; 'label' only for labelled datasets (-1 marks the
+    unlabelled images of e.g. stl10's 'unlabelled+train').
+    """
+    process_index, process_count = _process(process_index, process_count)
+    local_batch = _local_batch(config.batch_size, process_count)
+    augment.get_preset(config.augment.preset)  # fail early on a bad preset name
+    info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
+    split = train_split(config, info)
+    steps = steps_per_epoch(config, registry.split_num_examples(builder, split))
+    if steps == 0:
+        raise UserError(
+            f"{info.name} split {split!r} has fewer images than one batch of "
+            f"{config.batch_size}; lower --config.batch_size or use a larger split"
+        )
+    shard = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count
+    )
+    epoch, skip = divmod(start_step, steps)
+    while True:
+        ds = _train_epoch(
+            config, info, builder, shard, epoch, process_index, local_batch, steps, skip
+        )
+        yielded = skip
+        for batch in ds.as_numpy_iterator():
+            yielded += 1
+            yield batch
+        if yielded != steps:
+            raise RuntimeError(
+                f"epoch {epoch} of {info.name} {split!r} gave {yielded} batches, expected {steps}: "
+                "the prepared data does not match its dataset_info.json"
+            )
+        epoch, skip = epoch + 1, 0
+
+
+def eval_image(image: tf.Tensor, size: int, crop_fraction: float) -> tf.Tensor:
+    """Deterministic eval view: the centre square of side crop_fraction × the shorter side,
+    resized (bicubic) to size² — the same window as resizing the shorter side to
+    size / crop_fraction and centre-cropping size, as the BYOL reference does it."""
+    if image.shape[-1] == 1:
+        image = tf.tile(image, [1, 1, 3])
+    shape = tf.shape(image)
+    side = tf.cast(
+        tf.round(tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) * crop_fraction), tf.int32
+    )
+    side = tf.maximum(side, 1)
+    crop = tf.image.crop_to_bounding_box(
+        image, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side
+    )
+    out = tf.image.resize(tf.cast(crop, tf.float32), [size, size], method="bicubic")
+    return tf.ensure_shape(tf.clip_by_value(out / 255.0, 0.0, 1.0), [size, size, 3])
+
+
+def eval_batches(
+    config: ml_collections.ConfigDict,
+    split: str,
+    batch_size: int,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One ordered pass over this process's shard of `split`.
+
+    Yields {'image': float32 [batch_size, S, S, 3] in [0, 1], 'label': int32, 'mask': bool};
+    the tail is padded with mask=False rows, and every process yields the same number
+    of batches so that multi-host collectives line up.
+    """
+    process_index, process_count = _process(process_index, process_count)
+    info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
+    num_examples = registry.split_num_examples(builder, split)
+    num_batches = math.ceil(math.ceil(num_examples / process_count) / batch_size)
+    shard = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count
+    )
+    ds = builder.as_dataset(
+        split=shard, shuffle_files=False, decoders={info.image_key: tfds.decode.SkipDecoding()}
+    )
+    size = config.dataset.image_size
+
+    def make_example(example):
+        image = _decode(example[info.image_key], builder, info.image_key)
+        label = example[info.label_key] if info.label_key is not None else -1
+        return {
+            "image": eval_image(image, size, info.eval_resize),
+            "label": tf.cast(label, tf.int32),
+            "mask": tf.constant(True),
+        }
+
+    ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    padding = {
+        "image": tf.zeros([size, size, 3], tf.float32),
+        "label": tf.constant(-1, tf.int32),
+        "mask": tf.constant(False),
+    }
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+    ds = ds.take(num_batches * batch_size).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    yield from ds.with_options(_options(config)).as_numpy_iterator()
