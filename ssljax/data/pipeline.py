@@ -10,8 +10,10 @@ per skipped image.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import ml_collections
@@ -70,24 +72,52 @@ def _epoch_seeds(seed: int, epoch: int, process_index: int) -> tuple[int, int]:
     return int(state[0]), int(state[1])
 
 
-def _train_epoch(config, info, builder, split, epoch, process_index, local_batch, steps, skip):
-    """Batches `skip`..`steps`-1 of one epoch on one process, as a tf.data pipeline."""
-    file_seed, buffer_seed = _epoch_seeds(config.seed, epoch, process_index)
-    read_config = tfds.ReadConfig(shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=False)
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=True,
-        read_config=read_config,
-        decoders={info.image_key: tfds.decode.SkipDecoding()},
-    )
-    ds = ds.shuffle(config.dataset.shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False)
-    ds = ds.enumerate().take(steps * local_batch).skip(skip * local_batch)
+@dataclasses.dataclass(frozen=True)
+class _TrainStream:
+    """What stays fixed across the epochs of one process's training stream."""
 
-    epoch_key = augment.fold_seed(tf.constant([config.seed, process_index], tf.int64), epoch)
+    config: ml_collections.ConfigDict
+    info: registry.DatasetInfo
+    builder: tfds.core.DatasetBuilder
+    shard: Any  # this process's part of the training split
+    process_index: int
+    local_batch: int
+    steps: int  # per epoch
+    make_example: Any  # (epoch_key, index, encoded example) -> views and label
+
+    def epoch(self, epoch: int, skip: int) -> tf.data.Dataset:
+        """Batches `skip`..`steps`-1 of `epoch`; skipped examples are read, not decoded."""
+        config = self.config
+        file_seed, buffer_seed = _epoch_seeds(config.seed, epoch, self.process_index)
+        ds = self.builder.as_dataset(
+            split=self.shard,
+            shuffle_files=True,
+            read_config=tfds.ReadConfig(
+                shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=False
+            ),
+            decoders={self.info.image_key: tfds.decode.SkipDecoding()},
+        )
+        ds = ds.shuffle(
+            config.dataset.shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False
+        )
+        ds = ds.enumerate().take(self.steps * self.local_batch).skip(skip * self.local_batch)
+        key = augment.fold_seed(tf.constant([config.seed, self.process_index], tf.int64), epoch)
+        ds = ds.map(
+            lambda index, example: self.make_example(key, index, example),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        ds = ds.batch(self.local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return ds.with_options(_options(config))
+
+
+def _example_fn(config, info, builder):
+    """The per-example work as one tf.function, so it is traced once, not once per epoch."""
     preset = augment.get_preset(config.augment.preset)
     size = config.dataset.image_size
 
-    def make_example(index, example):
+    @tf.function
+    def make_example(epoch_key, index, example):
         image = _decode(example[info.image_key], builder, info.image_key)
         view1, view2 = augment.two_views(image, augment.fold_seed(epoch_key, index), preset, size)
         out = {"view1": view1, "view2": view2}
@@ -95,9 +125,7 @@ def _train_epoch(config, info, builder, split, epoch, process_index, local_batch
             out["label"] = tf.cast(example[info.label_key], tf.int32)
         return out
 
-    ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_options(config))
+    return make_example
 
 
 def train_batches(
@@ -127,13 +155,20 @@ def train_batches(
     shard = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count
     )
+    stream = _TrainStream(
+        config,
+        info,
+        builder,
+        shard,
+        process_index,
+        local_batch,
+        steps,
+        _example_fn(config, info, builder),
+    )
     epoch, skip = divmod(start_step, steps)
     while True:
-        ds = _train_epoch(
-            config, info, builder, shard, epoch, process_index, local_batch, steps, skip
-        )
         yielded = skip
-        for batch in ds.as_numpy_iterator():
+        for batch in stream.epoch(epoch, skip).as_numpy_iterator():
             yielded += 1
             yield batch
         if yielded != steps:
