@@ -99,7 +99,10 @@ def _uniform(seed: tf.Tensor, shape=(), minval=0.0, maxval=1.0) -> tf.Tensor:
 
 
 def crop_window(
-    image_shape, seed: tf.Tensor, min_area: float, max_area: float = 1.0
+    image_shape: Sequence[int] | tf.Tensor,
+    seed: tf.Tensor,
+    min_area: float,
+    max_area: float = 1.0,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """Random-resized-crop window `(offset_y, offset_x, height, width)` as int32 scalars.
 
@@ -139,7 +142,9 @@ def flip_decision(seed: tf.Tensor, p_flip: float = 0.5) -> tf.Tensor:
     return _uniform(seed) < p_flip
 
 
-def crop_flip_resize(image, window, flip, out_size: int, method: str) -> tf.Tensor:
+def crop_flip_resize(
+    image: tf.Tensor, window: Sequence[tf.Tensor], flip: tf.Tensor, out_size: int, method: str
+) -> tf.Tensor:
     """Apply a crop window and flip to an [H, W, C] image, then resize to out_size².
 
     Images use "bicubic"; label maps (DetCon masks) use "nearest" so ids stay ids.
@@ -165,7 +170,11 @@ def jitter_order(seed: tf.Tensor) -> tf.Tensor:
 
 
 def color_jitter(image: tf.Tensor, seed: tf.Tensor, preset: AugmentPreset) -> tf.Tensor:
-    """Brightness, contrast, saturation, hue in a per-image random order; clip after each."""
+    """Brightness, contrast, saturation, hue in a per-image random order; clip after each.
+
+    Contrast scales around each channel's mean (`tf.image.adjust_contrast`, as the BYOL
+    reference); hue is a shift on the [0, 1] hue circle.
+    """
     u = _uniform(fold_seed(seed, _JITTER_FACTORS), [4], -1.0, 1.0)
     delta = u[0] * preset.brightness
     contrast = 1.0 + u[1] * preset.contrast
