@@ -11,7 +11,13 @@ def _byol():
     return Byol
 
 
-METHODS = {"byol": _byol}
+def _m2_teacher():
+    from ssljax.methods.m2_teacher import MomentumSquaredTeacher
+
+    return MomentumSquaredTeacher
+
+
+METHODS = {"byol": _byol, "m2_teacher": _m2_teacher}
 
 
 def get_method(name: str):
