@@ -25,10 +25,14 @@ def _variables(channels=3, seed=1):
     """Non-trivial γ, β and running statistics, so each one's role is visible."""
     rng = np.random.default_rng(seed)
     return {
-        "params": {"scale": rng.uniform(0.5, 2.0, channels).astype(np.float32),
-                   "bias": rng.normal(size=channels).astype(np.float32)},
-        MOMENTUM_STATS: {"mean": rng.normal(size=channels).astype(np.float32),
-                         "var": rng.uniform(0.5, 3.0, channels).astype(np.float32)},
+        "params": {
+            "scale": rng.uniform(0.5, 2.0, channels).astype(np.float32),
+            "bias": rng.normal(size=channels).astype(np.float32),
+        },
+        MOMENTUM_STATS: {
+            "mean": rng.normal(size=channels).astype(np.float32),
+            "var": rng.uniform(0.5, 3.0, channels).astype(np.float32),
+        },
     }
 
 
@@ -57,8 +61,9 @@ def test_alpha_zero_is_the_fixed_affine_map_of_the_running_statistics():
     bn = MomentumBatchNorm(group="local")
     y = bn.apply(v, x, train=True, alpha=0.0)
     running = v[MOMENTUM_STATS]
-    np.testing.assert_allclose(y, _affine(x, running["mean"], running["var"], v),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        y, _affine(x, running["mean"], running["var"], v), rtol=1e-5, atol=1e-5
+    )
     # Each image's output no longer depends on the rest of the batch, and equals inference.
     alone = bn.apply(v, x[:1], train=True, alpha=0.0)
     np.testing.assert_allclose(alone, y[:1], rtol=1e-5, atol=1e-5)
@@ -88,8 +93,10 @@ def test_lazy_update_normalises_both_views_with_the_old_statistics_then_averages
         np.testing.assert_allclose(y, _affine(x, mean, var, v), rtol=1e-4, atol=1e-4)
 
     new = lazy_update(old, [stats1, stats2], alpha)
-    for name, stat in (("mean", lambda x: x.mean(axis=(0, 1, 2))),
-                       ("var", lambda x: x.var(axis=(0, 1, 2), ddof=1))):
+    for name, stat in (
+        ("mean", lambda x: x.mean(axis=(0, 1, 2))),
+        ("var", lambda x: x.var(axis=(0, 1, 2), ddof=1)),
+    ):
         expected = alpha * (stat(v1) + stat(v2)) / 2 + (1 - alpha) * old[name]
         np.testing.assert_allclose(new[name], expected, rtol=1e-5, atol=1e-6)
 
@@ -117,9 +124,14 @@ def test_no_gradient_reaches_the_statistics():
         np.testing.assert_array_equal(leaf, 0.0)
     assert np.abs(grads["params"]["scale"]).sum() > 0
     # The recorded batch statistics carry no gradient to the input either: only y does.
-    recorded_only = jax.grad(lambda x: sum(
-        jnp.sum(s) for s in jax.tree_util.tree_leaves(apply_recording(
-            bn, v["params"], v[MOMENTUM_STATS], x)[1])))(x)
+    recorded_only = jax.grad(
+        lambda x: sum(
+            jnp.sum(s)
+            for s in jax.tree_util.tree_leaves(
+                apply_recording(bn, v["params"], v[MOMENTUM_STATS], x)[1]
+            )
+        )
+    )(x)
     np.testing.assert_array_equal(recorded_only, 0.0)
 
 
@@ -136,8 +148,9 @@ def test_sharded_statistics_match_one_device(group):
             return y, jax.lax.pmean(stats, "data")
 
         mesh = make_mesh(jax.devices()[:devices])
-        fn = jax.shard_map(apply, mesh=mesh, in_specs=(P(), P("data")),
-                           out_specs=(P("data"), P()), check_vma=False)
+        fn = jax.shard_map(
+            apply, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P()), check_vma=False
+        )
         return jax.jit(fn)(v, x)
 
     y1, stats1 = run(1)

@@ -98,8 +98,7 @@ class MomentumSquaredTeacher(EmaTargetMethod):
         bn = momentum_batch_norm(
             alpha, self.config.teacher_bn_group, DATA_AXIS, self.config.momentum_bn_epsilon
         )
-        return SiameseNetwork(self.online.encoder.clone(bn=bn),
-                              self.online.projector.clone(bn=bn))
+        return SiameseNetwork(self.online.encoder.clone(bn=bn), self.online.projector.clone(bn=bn))
 
     def alpha(self, step: jax.Array) -> jax.Array:
         """Momentum BN's weight on the batch statistics: α_base → 0 on a cosine, or
@@ -148,7 +147,9 @@ class MomentumSquaredTeacher(EmaTargetMethod):
             )
             updates["target_batch_stats"] = target_stats
         loss = losses.byol_loss(
-            online1["prediction"], online2["prediction"],
-            target1["projection"], target2["projection"],
+            online1["prediction"],
+            online2["prediction"],
+            target1["projection"],
+            target2["projection"],
         )
         return loss, {"updates": updates, "features": online1["pooled"]}

@@ -117,7 +117,10 @@ def momentum_batch_norm(
 ) -> Callable[..., MomentumBatchNorm]:
     """A `bn` factory for `ResNet` / `MLP` (they pass ``name`` and ``scale_init``)."""
     return functools.partial(
-        MomentumBatchNorm, alpha=alpha, group=parse_bn_group(group), axis_name=axis_name,
+        MomentumBatchNorm,
+        alpha=alpha,
+        group=parse_bn_group(group),
+        axis_name=axis_name,
         epsilon=epsilon,
     )
 
