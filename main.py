@@ -26,10 +26,31 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+    """absl's parser, but a bad flag, config key or preset is one line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # anything raised while loading and overriding the config
+        cause = e.__cause__ or e.__context__ or e
+        if isinstance(cause, KeyError):
+            message = f"unknown config field {cause} (see the config file for the fields)"
+        elif isinstance(e, flags.Error):
+            message = str(e)
+        else:
+            message = f"{type(cause).__name__}: {cause}"
+        print(f"error: {message}\nusage: {argv[0]} --config=CONFIG[:PRESET] --workdir=DIR "
+              "[--config.FIELD=VALUE ...]", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from absl import logging
+
     from ssljax.errors import UserError
+
+    logging.set_verbosity(logging.WARNING)  # tfds and orbax are chatty at INFO
 
     try:
         import tensorflow as tf
@@ -53,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -23,6 +23,8 @@ setup(
         "numpy>=2.0",
         "tensorflow-cpu>=2.21.0",
         "tensorflow-datasets>=4.9.10",
+        "importlib_resources>=7.1.0",  # imported by tfds 4.9 builders, not declared by it
+        "tensorboard>=2.21.0",  # tensorflow-cpu does not ship the summary writer
         "scikit-image>=0.26.0",
     ],
     extras_require={

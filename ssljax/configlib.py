@@ -33,6 +33,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.augment = ml_collections.ConfigDict()
     c.augment.preset = "byol"  # one of ssljax.data.augment.PRESETS (SPEC.md's table)
+    # Optional overrides of single preset fields (None keeps the paper's value):
+    c.augment.s_min = config_dict.placeholder(float)  # smallest crop area fraction
+    c.augment.p_blur = config_dict.placeholder(tuple)  # (view 1, view 2)
+    c.augment.p_solarize = config_dict.placeholder(tuple)  # (view 1, view 2)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet50"

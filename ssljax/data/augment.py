@@ -84,6 +84,24 @@ def get_preset(preset: AugmentPreset | str) -> AugmentPreset:
     return PRESETS[preset]
 
 
+def preset_from_config(augment_config) -> AugmentPreset:
+    """`config.augment.preset` with the fields a config sets explicitly replaced.
+
+    The small-image presets use this to soften crops or drop blur; every other field keeps
+    the paper's value from `PRESETS`.
+    """
+    preset = get_preset(augment_config.preset)
+    overrides = {
+        name: tuple(value) if isinstance(value, list | tuple) else value
+        for name, value in augment_config.items()
+        if name != "preset" and value is not None
+    }
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(AugmentPreset)}
+    if unknown:
+        raise UserError(f"config.augment has no field(s) {sorted(unknown)}")
+    return dataclasses.replace(preset, **overrides)
+
+
 def fold_seed(seed: tf.Tensor, data) -> tf.Tensor:
     """A new int64 [2] seed from `seed` and an integer; the dtype is fixed on purpose.
 

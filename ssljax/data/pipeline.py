@@ -113,7 +113,7 @@ class _TrainStream:
 
 def _example_fn(config, info, builder):
     """The per-example work as one tf.function, so it is traced once, not once per epoch."""
-    preset = augment.get_preset(config.augment.preset)
+    preset = augment.preset_from_config(config.augment)
     size = config.dataset.image_size
 
     @tf.function
@@ -143,7 +143,7 @@ def train_batches(
     """
     process_index, process_count = _process(process_index, process_count)
     local_batch = _local_batch(config.batch_size, process_count)
-    augment.get_preset(config.augment.preset)  # fail early on a bad preset name
+    augment.preset_from_config(config.augment)  # fail early on a bad preset or field
     info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
     split = train_split(config, info)
     steps = steps_per_epoch(config, registry.split_num_examples(builder, split))

@@ -1,0 +1,55 @@
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from ssljax import configlib, train
+from ssljax.errors import UserError
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.fixture(scope="module")
+def config():
+    config = configlib.load(str(CONFIGS / "byol.py:smoke"))
+    config.total_steps = 4
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 2
+    return config
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(config, tmp_path):
+    full = jax.device_get(train.train(config, tmp_path / "full"))
+    train.train(config, tmp_path / "resumed", stop_at=2)
+    assert (tmp_path / "resumed" / "checkpoints" / "2").exists()
+    resumed = jax.device_get(train.train(config, tmp_path / "resumed"))
+
+    assert int(resumed.step) == int(full.step) == 4
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    full_rows, resumed_rows = _rows(tmp_path / "full"), _rows(tmp_path / "resumed")
+    assert [r["step"] for r in resumed_rows] == [1, 2, 3, 4]
+    for name in ("loss", "lr", "tau", "online_top1"):
+        assert [r[name] for r in resumed_rows] == [r[name] for r in full_rows], name
+
+
+def test_metrics_rows_carry_the_documented_fields(config, tmp_path):
+    train.train(config, tmp_path / "run", stop_at=1)
+    (row,) = _rows(tmp_path / "run")
+    assert {"step", "epoch", "loss", "lr", "tau", "images_per_sec", "online_top1"} <= set(row)
+    assert (tmp_path / "run" / "config.json").exists()
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_resuming_with_another_config_is_refused(config, tmp_path):
+    train.train(config, tmp_path / "run", stop_at=1)
+    other = config.copy_and_resolve_references()
+    other.optimizer.base_lr = 1.0
+    with pytest.raises(UserError, match="different config"):
+        train.train(other, tmp_path / "run")
