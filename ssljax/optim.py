@@ -65,12 +65,16 @@ def adaptation_mask(params: Any) -> Any:
 
     Biases and normalisation scales/offsets (every leaf with ndim ≤ 1) are excluded, as in
     the BYOL/DetCon reference; so are depth-wise convolution kernels (any module whose name
-    contains 'depthwise'), as in the low-compute paper's MobileNetV2 recipe.
+    contains 'depthwise'), as in the low-compute paper's MobileNetV2 recipe. The online
+    probe (top-level 'probe') is excluded too: it starts at zero, where LARS's trust ratio
+    would keep it near zero, and it only reports on the features, so plain momentum SGD.
     """
 
     def keep(path, leaf) -> bool:
-        names = "/".join(str(getattr(p, "key", p)) for p in path)
-        return leaf.ndim > 1 and "depthwise" not in names
+        names = [str(getattr(p, "key", p)) for p in path]
+        if names and names[0] == "probe":
+            return False
+        return leaf.ndim > 1 and not any("depthwise" in n for n in names)
 
     return jax.tree_util.tree_map_with_path(keep, params)
 
@@ -94,8 +98,10 @@ def build_optimizer(
             momentum=opt.momentum,
         )
     elif opt.name == "sgd":
+        # `weight_decay_all`: decay biases and BN parameters too, as PyTorch's SGD (MoCo).
+        decay_mask = None if opt.get("weight_decay_all", False) else adaptation_mask
         tx = optax.chain(
-            optax.add_decayed_weights(opt.weight_decay, mask=adaptation_mask),
+            optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
             optax.sgd(schedule, momentum=opt.momentum),
         )
     elif opt.name == "adamw":

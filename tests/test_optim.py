@@ -71,12 +71,13 @@ def test_lars_equals_written_out_formula_with_bias_and_norm_excluded():
                                rtol=1e-6)
 
 
-def test_adaptation_mask_excludes_vectors_and_depthwise_kernels():
+def test_adaptation_mask_excludes_vectors_depthwise_kernels_and_the_probe():
     tree = {"a": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)},
-            "block_depthwise": {"kernel": jnp.ones((3, 3, 1, 8))}}
+            "block_depthwise": {"kernel": jnp.ones((3, 3, 1, 8))},
+            "probe": {"kernel": jnp.ones((3, 10))}}
     mask = optim.adaptation_mask(tree)
     assert mask == {"a": {"kernel": True, "bias": False},
-                    "block_depthwise": {"kernel": False}}
+                    "block_depthwise": {"kernel": False}, "probe": {"kernel": False}}
 
 
 def test_lr_warms_up_linearly_then_follows_a_cosine_to_zero():
