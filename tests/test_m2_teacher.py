@@ -200,3 +200,20 @@ def test_smoke_run_trains(tmp_path):
     for _, leaf in _leaves(jax.device_get(state.momentum_stats)):
         assert np.all(np.isfinite(leaf))
     assert (tmp_path / "checkpoints").exists()
+
+
+def test_plain_bn_teacher_keeps_its_own_batch_stats_instead():
+    """`teacher_bn='batch'` (Table 1's rows without Momentum BN) is BYOL with separate
+    student and teacher BN groups; checked by tracing only."""
+    config = _config()
+    config.teacher_bn = "batch"
+    method = MomentumSquaredTeacher(config, 10)
+    images = np.zeros((2, SIZE, SIZE, 3), np.float32)
+    fields = jax.eval_shape(method.init, jax.random.PRNGKey(0), images)
+    assert MOMENTUM_STATS not in fields and "target_batch_stats" in fields
+    state = engine.TrainState(step=np.int32(0), opt_state=None, **fields)
+    _, aux = jax.eval_shape(method.loss, fields["params"], state, _batch(8), jax.random.PRNGKey(0))
+    assert set(aux["updates"]) == {"batch_stats", "target_batch_stats"}
+    with pytest.raises(UserError, match="teacher_bn"):
+        config.teacher_bn = "shuffle"
+        MomentumSquaredTeacher(config, 10)
