@@ -79,6 +79,12 @@ def adaptation_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def all_but_probe(params: Any) -> Any:
+    """True for every leaf but the online probe's: `optimizer.weight_decay_all` decays
+    biases and normalisation parameters too, as PyTorch's SGD does in the MoCo reference."""
+    return {name: jax.tree.map(lambda _: name != "probe", tree) for name, tree in params.items()}
+
+
 def build_optimizer(
     opt: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: int, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -98,8 +104,8 @@ def build_optimizer(
             momentum=opt.momentum,
         )
     elif opt.name == "sgd":
-        # `weight_decay_all`: decay biases and BN parameters too, as PyTorch's SGD (MoCo).
-        decay_mask = None if opt.get("weight_decay_all", False) else adaptation_mask
+        decay_all = opt.get("weight_decay_all", False)
+        decay_mask = all_but_probe if decay_all else adaptation_mask
         tx = optax.chain(
             optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
             optax.sgd(schedule, momentum=opt.momentum),

@@ -11,13 +11,25 @@ def _byol():
     return Byol
 
 
+def _simclr():
+    from ssljax.methods.simclr import SimCLR
+
+    return SimCLR
+
+
+def _moco():
+    from ssljax.methods.moco import MoCo
+
+    return MoCo
+
+
 def _m2_teacher():
     from ssljax.methods.m2_teacher import MomentumSquaredTeacher
 
     return MomentumSquaredTeacher
 
 
-METHODS = {"byol": _byol, "m2_teacher": _m2_teacher}
+METHODS = {"byol": _byol, "m2_teacher": _m2_teacher, "simclr": _simclr, "moco": _moco}
 
 
 def get_method(name: str):

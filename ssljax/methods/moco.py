@@ -1,0 +1,224 @@
+"""MoCo v1/v2 (He et al. 2020; Chen et al. 2020): find each query's key among a queue.
+
+Query: encoder f_q → head (v1: Linear 128; v2: Linear 2048 → ReLU → Linear 128, no BN).
+Key encoder f_k: a momentum copy of encoder and head, θ_k ← m·θ_k + (1 − m)·θ_q after
+each step with a constant m (`tau_base`, 0.999), parameters only; its BN statistics are
+its own. Loss: `ssljax.losses.moco_infonce` of the view-1 queries against their view-2
+keys (the positives) and a queue of K earlier keys (the negatives), one direction.
+
+The queue is a field of the TrainState, `{'keys': [K, D] L2-normalised, 'ptr': int32}`,
+identical on every device. After the logits, the keys of the whole global batch
+(all_gather over `data`) overwrite the oldest B rows at `ptr`, which then advances by B:
+a ring buffer, oldest out first, which is why K must be a multiple of B.
+
+Shuffle BN (`key_bn='shuffle'`, He et al. §3.3). MoCo normalises with per-GPU
+statistics, and a query and its positive key normalised over the same images share a
+"signature" the network uses to cheat (paper, A.9). Here the images that share BN
+statistics form groups: the per-device batch (`bn_group='local'`) or `n` consecutive
+images (`bn_group=n`, which emulates n-image GPUs on any device count, one device
+included). The query encoder normalises over these groups. The key images are
+gathered from every device, permuted so that each image lands in a different group
+than its own, encoded with the same grouping, and put back in order. `key_bn='local'`
+normalises the keys over the query's own groups without the shuffle (the paper's
+ablation); `'sync'` over the global batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ssljax import losses
+from ssljax.errors import UserError
+from ssljax.methods.base import (
+    DATA_AXIS,
+    EmaTargetMethod,
+    SiameseNetwork,
+    apply_train,
+    build_encoder,
+    build_mlp,
+)
+from ssljax.models.norm import parse_bn_group
+
+KEY_BN = ("shuffle", "local", "sync")
+
+
+def init_queue(rng: jax.Array, size: int, dim: int) -> dict[str, jax.Array]:
+    """K random L2-normalised keys (as the reference's `randn` queue) and the pointer 0."""
+    keys = losses.l2_normalize(jax.random.normal(rng, (size, dim), jnp.float32))
+    return {"keys": keys, "ptr": jnp.zeros((), jnp.int32)}
+
+
+def enqueue(queue: dict[str, jax.Array], keys: jax.Array) -> dict[str, jax.Array]:
+    """Overwrite the oldest `len(keys)` rows with `keys` and advance the ring pointer."""
+    size, batch = queue["keys"].shape[0], keys.shape[0]
+    ptr = queue["ptr"]
+    new_keys = jax.lax.dynamic_update_slice_in_dim(
+        queue["keys"], keys.astype(queue["keys"].dtype), ptr, axis=0
+    )
+    return {"keys": new_keys, "ptr": ((ptr + batch) % size).astype(jnp.int32)}
+
+
+def queue_in_order(queue: dict[str, jax.Array]) -> jax.Array:
+    """The queue's keys oldest first (the row at `ptr` is the next to be replaced)."""
+    return jnp.roll(queue["keys"], -queue["ptr"], axis=0)
+
+
+def check_shuffle_groups(batch_size: int, group_size: int) -> int:
+    """The number of BN groups G of a batch; shuffle BN needs G ≥ 3 equal groups."""
+    groups = batch_size // group_size
+    if groups * group_size != batch_size or groups < 3:
+        raise UserError(
+            f"shuffle BN needs the batch of {batch_size} split into at least 3 BN groups of "
+            f"equal size, got groups of {group_size}; with 2 groups the shuffle only swaps "
+            "them, so each key is still normalised over its query's images. Set "
+            "--config.bn_group to a smaller group size n (e.g. 32) or use more devices"
+        )
+    return groups
+
+
+def shuffle_permutation(
+    rng: jax.Array, batch_size: int, group_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """A random permutation of the batch that moves every image to another BN group.
+
+    The batch is G = batch_size / group_size groups of consecutive images. Image s of
+    group g takes a random slot j of its group and moves to slot j of group
+    (g + c_j) mod G, with offsets c_j ∈ {1, …, G − 1} balanced over the slots, so every
+    new group holds ⌊n/(G−1)⌋ or ⌈n/(G−1)⌉ images of each other group and none of its own.
+    (The reference's uniform `randperm` leaves 1/G of the keys on their query's GPU.)
+
+    Returns `(perm, position)`: shuffled row p holds image `perm[p]`; image i sits at
+    shuffled row `position[i]` (the inverse permutation).
+    """
+    groups = check_shuffle_groups(batch_size, group_size)
+    slot_rng, offset_rng = jax.random.split(rng)
+    slot_keys = jax.random.split(slot_rng, groups)
+    slots = jax.vmap(lambda k: jax.random.permutation(k, group_size))(slot_keys)  # [G, n]
+    offsets = 1 + jax.random.permutation(offset_rng, group_size) % (groups - 1)  # [n]
+    source_group = jnp.arange(groups)[:, None]
+    position = ((source_group + offsets[slots]) % groups) * group_size + slots
+    position = position.reshape(batch_size)
+    perm = jnp.zeros_like(position).at[position].set(jnp.arange(batch_size))
+    return perm, position
+
+
+def _shared_rng(rng: jax.Array) -> jax.Array:
+    """Device 0's rng on every device (the reference draws the shuffle on one GPU)."""
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        data = jax.lax.all_gather(jax.random.key_data(rng), DATA_AXIS)[0]
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(rng))
+    return jax.lax.all_gather(rng, DATA_AXIS)[0]
+
+
+def _queue_as_bits(queue: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The engine averages every float leaf of a method's updates over devices (local BN
+    statistics differ per device). The queue is already identical everywhere, so it
+    crosses that step as raw bits: exact, and no all-reduce of K × D floats per step."""
+    return {**queue, "keys": jax.lax.bitcast_convert_type(queue["keys"], jnp.uint32)}
+
+
+def _queue_from_bits(queue: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    if queue["keys"].dtype == jnp.float32:
+        return queue
+    return {**queue, "keys": jax.lax.bitcast_convert_type(queue["keys"], jnp.float32)}
+
+
+class MoCo(EmaTargetMethod):
+    """Query network `online`, momentum key network `target` (same modules, key BN)."""
+
+    def __init__(self, config, total_steps):
+        super().__init__(config, total_steps)
+        if config.key_bn not in KEY_BN:
+            raise UserError(f"key_bn={config.key_bn!r}: choose one of {', '.join(KEY_BN)}")
+        self.query_bn = parse_bn_group(config.bn_group)
+        if config.key_bn == "shuffle" and self.query_bn == "sync":
+            raise UserError(
+                "key_bn='shuffle' permutes the keys across BN groups, but bn_group='sync' "
+                "is one group; set --config.bn_group to 'local' or a group size n"
+            )
+        if isinstance(self.query_bn, int) and config.key_bn == "shuffle":
+            check_shuffle_groups(config.batch_size, self.query_bn)
+        queue_size = config.moco.queue_size
+        if queue_size <= 0 or queue_size % config.batch_size:
+            multiple = max(1, round(queue_size / config.batch_size)) * config.batch_size
+            raise UserError(
+                f"moco.queue_size={queue_size} must be a positive multiple of the global "
+                f"batch_size={config.batch_size} (the queue is replaced one batch at a time); "
+                f"set --config.moco.queue_size={multiple}"
+            )
+        self.key_bn_group = "sync" if config.key_bn == "sync" else self.query_bn
+        self.online = self._network(self.query_bn)
+        self.target = self._network(self.key_bn_group)
+
+    def _network(self, bn_group) -> SiameseNetwork:
+        head = self.config.projector
+        projector = build_mlp(
+            head,
+            bn_group,
+            use_bn=head.use_bn,
+            hidden_bias=head.hidden_bias,
+            last_bias=head.last_bias,
+        )
+        return SiameseNetwork(build_encoder(self.config, bn_group=bn_group), projector)
+
+    def init(self, rng, images):
+        network_rng, queue_rng = jax.random.split(rng)
+        fields = super().init(network_rng, images)
+        fields["queue"] = init_queue(
+            queue_rng, self.config.moco.queue_size, self.config.projector.out_dim
+        )
+        return fields
+
+    def encode_keys(self, params, batch_stats, images, rng):
+        """(keys of this device's images, keys of the global batch in order, BN stats).
+
+        Runs inside the sharded step. With `key_bn='shuffle'` the key encoder sees this
+        device's rows of the permuted global batch (`shuffle_permutation`, drawn from
+        device 0's rng), and the keys are gathered and put back in image order.
+        """
+        local_batch = images.shape[0]
+        first = jax.lax.axis_index(DATA_AXIS) * local_batch
+        if self.config.key_bn != "shuffle":
+            out, batch_stats = apply_train(self.target, params, batch_stats, images)
+            keys = losses.l2_normalize(out["projection"].astype(jnp.float32))
+            return keys, jax.lax.all_gather(keys, DATA_AXIS, tiled=True), batch_stats
+        all_images = jax.lax.all_gather(images, DATA_AXIS, tiled=True)
+        group_size = local_batch if self.query_bn == "local" else self.query_bn
+        perm, position = shuffle_permutation(_shared_rng(rng), all_images.shape[0], group_size)
+        mine = jax.lax.dynamic_slice_in_dim(perm, first, local_batch)
+        out, batch_stats = apply_train(self.target, params, batch_stats, all_images[mine])
+        keys = losses.l2_normalize(out["projection"].astype(jnp.float32))
+        all_keys = jax.lax.all_gather(keys, DATA_AXIS, tiled=True)[position]
+        return jax.lax.dynamic_slice_in_dim(all_keys, first, local_batch), all_keys, batch_stats
+
+    def loss(self, params, state, batch, rng):
+        query, stats = apply_train(self.online, params, state.batch_stats, batch["view1"])
+        keys, all_keys, target_stats = self.encode_keys(
+            state.target_params, state.target_batch_stats, batch["view2"], rng
+        )
+        keys, all_keys = jax.lax.stop_gradient(keys), jax.lax.stop_gradient(all_keys)
+        negatives = state.queue["keys"]
+        loss = losses.moco_infonce(query["projection"], keys, negatives, self.config.temperature)
+        q = jax.lax.stop_gradient(losses.l2_normalize(query["projection"].astype(jnp.float32)))
+        positive = jnp.sum(q * keys, axis=-1)
+        hardest_negative = jnp.max(q @ negatives.T, axis=-1)
+        aux = {
+            "updates": {
+                "batch_stats": stats,
+                "target_batch_stats": target_stats,
+                "queue": _queue_as_bits(enqueue(state.queue, all_keys)),
+            },
+            "features": query["pooled"],
+            "metrics": {
+                # The (K+1)-way pretext accuracy of the paper's Fig. A.1: near 1 early on
+                # means the keys are recognised by something other than content.
+                "contrast_top1": jnp.mean(positive > hardest_negative),
+                "positive_similarity": jnp.mean(positive),
+            },
+        }
+        return loss, aux
+
+    def after_update(self, state):
+        state = super().after_update(state)
+        return state.replace(queue=_queue_from_bits(state.queue))
