@@ -1,4 +1,5 @@
-"""python -m ssljax.eval knn --workdir=DIR [--checkpoint=STEP] [--random-init] [--raw-pixels]"""
+"""python -m ssljax.eval knn --workdir=DIR [--checkpoint=STEP] [--random-init] [--raw-pixels]
+python -m ssljax.eval linear --workdir=DIR [--protocol=moco|byol] [--epochs=N] [--random-init]"""
 
 from __future__ import annotations
 
@@ -23,6 +24,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="k-NN on the flattened eval images instead of features")
     knn.add_argument("--distributed", action="store_true",
                      help="call jax.distributed.initialize() first (multi-host pods)")
+    linear = sub.add_parser("linear", help="linear classifier on frozen features")
+    linear.add_argument("--workdir", required=True, help="the --workdir of a training run")
+    linear.add_argument("--protocol", dest="linear_protocol", default="moco",
+                        choices=("moco", "byol"),
+                        help="moco: SGD lr 30, 100 epochs, x0.1 at 60%%/80%%; byol: Nesterov, "
+                             "80 epochs cosine, lr swept on held-out train images")
+    linear.add_argument("--epochs", type=int, default=None,
+                        help="override the protocol's epochs (quick runs)")
+    linear.add_argument("--checkpoint", type=int, default=None, help="step (default: newest)")
+    linear.add_argument("--dataset", default=None, help="evaluate on another dataset")
+    linear.add_argument("--random-init", action="store_true",
+                        help="the untrained network of the same config (the baseline)")
+    linear.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() first (multi-host pods)")
     return parser.parse_args(argv)
 
 
@@ -43,6 +58,11 @@ def main(argv=None) -> None:
 
             result = knn.evaluate(args.workdir, args.checkpoint, args.random_init,
                                   args.raw_pixels, args.dataset)
+        elif args.protocol == "linear":
+            from ssljax.eval import linear
+
+            result = linear.evaluate(args.workdir, args.linear_protocol, args.checkpoint,
+                                     args.random_init, args.dataset, args.epochs)
         print(json.dumps(result))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

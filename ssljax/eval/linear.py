@@ -1,0 +1,229 @@
+"""Linear evaluation: a linear classifier on frozen, average-pooled encoder features.
+
+The backbone is frozen, BN included (inference mode, running statistics); its pooled
+features feed one Dense layer trained with softmax cross-entropy. Two settings:
+
+- `moco` (He et al. 2020, §4.1): SGD momentum 0.9, LR 30, no weight decay, batch 256,
+  100 epochs, LR ×0.1 at 60% and 80% of training.
+- `byol` (Grill et al. 2020, App. C.1): SGD Nesterov momentum 0.9, batch 1024, 80 epochs,
+  cosine LR, no weight decay, the LR picked from {0.4, 0.3, 0.2, 0.1, 0.05} by top-1 on
+  images held out of the training split (10009 as BYOL, at most a tenth of it); the
+  classifier is then retrained with that LR on the whole split and scored on the test split.
+
+Simplification, for speed: the features are extracted once, from the evaluation view
+(centre crop, no augmentation), and the classifier trains on those fixed vectors; the
+papers draw a random crop and flip of every image every epoch. Each epoch visits the
+training images in a new random order and drops the last partial batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from etils.epath import Path
+
+from ssljax.errors import UserError
+from ssljax.eval import features as feats
+from ssljax.models.heads import LinearClassifier
+
+BYOL_HOLDOUT = 10_009  # BYOL's local validation set: 10009 images of ImageNet's train split
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """One linear-evaluation recipe; `learning_rates` with more than one value is a sweep."""
+
+    learning_rates: tuple[float, ...]
+    batch_size: int
+    epochs: int
+    schedule: str  # 'steps' (×0.1 at each fraction in `decay_at`) or 'cosine'
+    decay_at: tuple[float, ...] = ()
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+PROTOCOLS = {
+    "moco": Protocol((30.0,), batch_size=256, epochs=100, schedule="steps", decay_at=(0.6, 0.8)),
+    "byol": Protocol(
+        (0.4, 0.3, 0.2, 0.1, 0.05), batch_size=1024, epochs=80, schedule="cosine", nesterov=True
+    ),
+}
+
+
+def get_protocol(name: str, epochs: int | None = None) -> Protocol:
+    if name not in PROTOCOLS:
+        raise UserError(f"unknown linear protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
+    protocol = PROTOCOLS[name]
+    if epochs is not None:
+        if epochs <= 0:
+            raise UserError(f"--epochs must be positive, got {epochs}")
+        protocol = dataclasses.replace(protocol, epochs=epochs)
+    return protocol
+
+
+def _learning_rate(protocol: Protocol, lr: float, total_steps: int) -> optax.Schedule:
+    if protocol.schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, max(total_steps, 1))
+    boundaries = {max(int(round(f * total_steps)), 1): 0.1 for f in protocol.decay_at}
+    return optax.piecewise_constant_schedule(lr, boundaries)
+
+
+def train_linear(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    protocol: Protocol,
+    lr: float,
+    seed: int = 0,
+    chunk_steps: int = 100,
+):
+    """The classifier's parameters after `protocol.epochs` epochs over (features, labels).
+
+    Batches are gathered on the host, `chunk_steps` at a time, and run as one `lax.scan`,
+    so the features never need to fit on the device at once.
+    """
+    features = np.asarray(features, np.float32)
+    labels = np.asarray(labels, np.int32)
+    batch_size = min(protocol.batch_size, len(features))
+    steps_per_epoch = len(features) // batch_size
+    total_steps = steps_per_epoch * protocol.epochs
+    classifier = LinearClassifier(num_classes=num_classes)
+    params = classifier.init(jax.random.PRNGKey(seed), jnp.zeros((1, features.shape[1])))
+    tx = optax.chain(
+        optax.add_decayed_weights(protocol.weight_decay),
+        optax.sgd(
+            _learning_rate(protocol, lr, total_steps),
+            momentum=protocol.momentum,
+            nesterov=protocol.nesterov,
+        ),
+    )
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def run(params, opt_state, x, y):
+        def step(carry, batch):
+            params, opt_state = carry
+
+            def loss_fn(p):
+                logits = classifier.apply(p, batch[0])
+                return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, opt_state), loss = jax.lax.scan(step, (params, opt_state), (x, y))
+        return params, opt_state, loss
+
+    rng = np.random.default_rng(seed)
+    for _ in range(protocol.epochs):
+        order = rng.permutation(len(features))[: steps_per_epoch * batch_size]
+        order = order.reshape(steps_per_epoch, batch_size)
+        for start in range(0, steps_per_epoch, chunk_steps):
+            idx = order[start : start + chunk_steps]
+            params, opt_state, _ = run(params, opt_state, features[idx], labels[idx])
+    return params
+
+
+def accuracy(
+    params, features: np.ndarray, labels: np.ndarray, num_classes: int, chunk: int = 4096
+) -> dict[str, float]:
+    """Top-1 and top-5 (top-k with k = min(5, classes)) of the classifier on (features, labels)."""
+    classifier = LinearClassifier(num_classes=num_classes)
+    k = min(5, num_classes)
+
+    @jax.jit
+    def hits(x, y):
+        logits = classifier.apply(params, x)
+        top = jax.lax.top_k(logits, k)[1]
+        return jnp.sum(top[:, 0] == y), jnp.sum(jnp.any(top == y[:, None], axis=1))
+
+    top1 = top5 = 0
+    for start in range(0, len(features), chunk):
+        h1, h5 = hits(
+            jnp.asarray(features[start : start + chunk], jnp.float32),
+            jnp.asarray(labels[start : start + chunk]),
+        )
+        top1, top5 = top1 + int(h1), top5 + int(h5)
+    return {"top1": top1 / len(features), "top5": top5 / len(features)}
+
+
+def select_and_train(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    num_classes: int,
+    protocol: Protocol,
+    seed: int = 0,
+) -> tuple[dict, float, dict[str, float]]:
+    """(classifier params, its LR, {LR: held-out top-1}). With several LRs, each is first
+    trained on the split minus a held-out part and scored on it; the best is retrained on
+    the whole split."""
+    if len(protocol.learning_rates) == 1:
+        lr = protocol.learning_rates[0]
+        return train_linear(train_x, train_y, num_classes, protocol, lr, seed), lr, {}
+    holdout = min(BYOL_HOLDOUT, len(train_x) // 10)
+    if holdout == 0:
+        raise UserError(f"{len(train_x)} training images are too few to hold some out")
+    order = np.random.default_rng(seed).permutation(len(train_x))
+    held, kept = order[:holdout], order[holdout:]
+    scores = {}
+    for lr in protocol.learning_rates:
+        params = train_linear(train_x[kept], train_y[kept], num_classes, protocol, lr, seed)
+        scores[str(lr)] = accuracy(params, train_x[held], train_y[held], num_classes)["top1"]
+    lr = max(protocol.learning_rates, key=lambda c: scores[str(c)])
+    return train_linear(train_x, train_y, num_classes, protocol, lr, seed), lr, scores
+
+
+def evaluate(
+    workdir: str | Path,
+    protocol: str = "moco",
+    checkpoint: int | None = None,
+    random_init: bool = False,
+    dataset: str | None = None,
+    epochs: int | None = None,
+) -> dict:
+    """Linear top-1/top-5 of a run's encoder (`random_init`: of its untrained network).
+
+    Writes `workdir/eval/linear.json` (`linear_byol.json` for the byol protocol, with a
+    `_random_init` suffix for the baseline).
+    """
+    recipe = get_protocol(protocol, epochs)
+    run, variables = feats.load_encoder(workdir, checkpoint, random_init, dataset)
+    num_classes = run.dataset.num_classes
+    if not num_classes:
+        raise UserError(f"{run.dataset.name} has no labels: no linear evaluation")
+    train_x, train_y = feats.extract_features(run, variables, run.dataset.memory_split)
+    test_x, test_y = feats.extract_features(run, variables, run.dataset.test_split)
+    params, lr, scores = select_and_train(train_x, train_y, num_classes, recipe, run.config.seed)
+    result = {
+        "metric": "linear",
+        "protocol": protocol,
+        "workdir": str(workdir),
+        "dataset": run.config.dataset.name,
+        "features": "random_init" if random_init else "trained",
+        **accuracy(params, test_x, test_y, num_classes),
+        "lr": lr,
+        "epochs": recipe.epochs,
+        "batch_size": min(recipe.batch_size, len(train_x)),
+        "num_train": int(len(train_x)),
+        "num_test": int(len(test_x)),
+    }
+    if scores:
+        result["holdout_top1_by_lr"] = scores
+    if not random_init:
+        steps = feats.Checkpointer(Path(workdir) / "checkpoints", asynchronous=False)
+        result["checkpoint"] = checkpoint or steps.latest_step()
+    if jax.process_index() == 0:
+        suffix = ("" if protocol == "moco" else f"_{protocol}") + (
+            "_random_init" if random_init else ""
+        )
+        out = Path(workdir) / "eval" / f"linear{suffix}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
