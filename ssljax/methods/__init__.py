@@ -29,7 +29,26 @@ def _m2_teacher():
     return MomentumSquaredTeacher
 
 
-METHODS = {"byol": _byol, "m2_teacher": _m2_teacher, "simclr": _simclr, "moco": _moco}
+def _detcon_s():
+    from ssljax.methods.detcon import DetConS
+
+    return DetConS
+
+
+def _detcon_b():
+    from ssljax.methods.detcon import DetConB
+
+    return DetConB
+
+
+METHODS = {
+    "byol": _byol,
+    "m2_teacher": _m2_teacher,
+    "simclr": _simclr,
+    "moco": _moco,
+    "detcon_s": _detcon_s,
+    "detcon_b": _detcon_b,
+}
 
 
 def get_method(name: str):

@@ -1,0 +1,231 @@
+"""DetCon (Hénaff et al. 2021): contrast mask-pooled features, not whole images.
+
+Each image comes with a segmentation (Felzenszwalb–Huttenlocher, a grid, ground truth);
+the pipeline carries it through both views' crops and flips, assigns each layer4 feature
+cell to its majority segment and samples R = 16 segment ids per image, the same ids for
+both views where possible (the batch contract: `mask1`, `mask2` int32 [b, g, g]; `ids1`,
+`ids2` int32 [b, R]). Per view and sampled id m the encoder's feature map is averaged
+over the cells of m (h_m, paper eq. in §3.1), and the heads run on the b·R mask vectors,
+their BN statistics over all masks of the global batch:
+
+- DetCon_S (SimCLR base): v = g(h_m) in both views, one network, both sides trained.
+- DetCon_B (BYOL base): v = q(g(h_m)) online, v' = g'(h'_m) from the EMA target, which
+  pools its own feature maps with the same masks and ids; the target gets no gradient.
+
+Loss: `ssljax.losses.detcon_loss` (the reference `byol_nce_detcon`) at temperature τ =
+0.1. The paper rescales the latents to norm 1/√τ before dot products; `detcon_loss`
+l2-normalises and divides the logits by τ, which is the same: (u/√τ)·(w/√τ) = u·w/τ.
+
+With one global mask (R = 1) the networks are exactly SimCLR's and BYOL's, DetCon_S's
+loss is 2 × SimCLR's NT-Xent and DetCon_B's is BYOL's regression loss rescaled plus a
+log-partition over negatives (tests/test_detcon.py shows both). The online probe reads
+the globally pooled online features of view 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ssljax import losses
+from ssljax.errors import UserError
+from ssljax.methods.base import (
+    DATA_AXIS,
+    EmaTargetMethod,
+    Method,
+    apply_train,
+    build_encoder,
+    build_mlp,
+)
+from ssljax.models.norm import parse_bn_group
+
+
+def mask_pool(features: jax.Array, mask: jax.Array, ids: jax.Array) -> jax.Array:
+    """h_m: the mean of the feature cells whose segment is `ids[:, r]`.
+
+    features [b, g, g, C], mask [b, g, g] (segment id of each cell), ids [b, R] → [b, R, C]
+    in float32. An id that owns no cell gives a zero vector (the division is guarded; the
+    pipeline only samples ids present in the view).
+    """
+    b, height, width, channels = features.shape
+    if mask.shape != (b, height, width):
+        raise UserError(
+            f"DetCon mask of shape {tuple(mask.shape)} does not match the {height}×{width} "
+            "feature grid; set --config.masks.grid to the encoder's layer4 grid "
+            f"({height} here)"
+        )
+    chex.assert_rank(ids, 2)
+    cells = features.reshape(b, height * width, channels).astype(jnp.float32)
+    member = (mask.reshape(b, 1, height * width) == ids[:, :, None]).astype(jnp.float32)
+    area = member.sum(axis=-1, keepdims=True)
+    return jnp.einsum("brn,bnc->brc", member, cells) / jnp.maximum(area, 1.0)
+
+
+def head_bn_group(config: ml_collections.ConfigDict):
+    """The heads' BN group in rows of b·R mask vectors: n images are n·R rows."""
+    group = parse_bn_group(config.bn_group)
+    return group * config.masks.num_samples if isinstance(group, int) else group
+
+
+class MaskPooledNetwork(nn.Module):
+    """encoder → mask pooling of layer4 → projector (→ predictor), per sampled mask.
+
+    Outputs the encoder's maps and 'pooled' (global average, for the probe), plus
+    'projection' (and 'prediction') of shape [b, R, D]. Without `mask` and `ids` the whole
+    grid is one mask (R = 1): SimCLR's or BYOL's network, as used by `init`.
+    """
+
+    encoder: nn.Module
+    projector: nn.Module
+    predictor: nn.Module | None = None
+
+    def __call__(
+        self,
+        images: jax.Array,
+        train: bool,
+        mask: jax.Array | None = None,
+        ids: jax.Array | None = None,
+    ) -> dict[str, jax.Array]:
+        outputs = dict(self.encoder(images, train=train))
+        if mask is None:
+            pooled = outputs["pooled"][:, None]
+        else:
+            pooled = mask_pool(outputs["layer4"], mask, ids)
+        b, num_masks, _ = pooled.shape
+
+        def per_mask(head, x):
+            y = head(x.reshape(b * num_masks, -1), train=train)
+            return y.reshape(b, num_masks, -1)
+
+        outputs["projection"] = per_mask(self.projector, pooled)
+        if self.predictor is not None:
+            outputs["prediction"] = per_mask(self.predictor, outputs["projection"])
+        return outputs
+
+
+def check_masks_config(config: ml_collections.ConfigDict, encoder: nn.Module) -> None:
+    """DetCon needs masks on the encoder's layer4 grid; say what to set otherwise."""
+    masks = config.get("masks")
+    if masks is None or masks.kind == "none":
+        raise UserError(
+            f"method {config.method!r} needs segmentation masks: set --config.masks.kind "
+            "(e.g. 'fh', 'grid' or 'global')"
+        )
+    grid = encoder.feature_grid(config.dataset.image_size)
+    if masks.grid != grid:
+        raise UserError(
+            f"masks.grid={masks.grid}, but {config.model.name} at "
+            f"{config.dataset.image_size} px has a {grid}×{grid} layer4 grid; "
+            f"set --config.masks.grid={grid}"
+        )
+
+
+def mask_metrics(ids1: jax.Array, ids2: jax.Array) -> dict[str, jax.Array]:
+    """Distinct segments among the R samples of an image, and the fraction of view-1
+    samples whose id is also sampled in view 2 (the masks that carry a loss)."""
+    num_masks = ids1.shape[1]
+    earlier = jnp.tril(jnp.ones((num_masks, num_masks), bool), k=-1)
+    repeated = jnp.any((ids1[:, :, None] == ids1[:, None, :]) & earlier, axis=-1)
+    matched = jnp.any(ids1[:, :, None] == ids2[:, None, :], axis=-1)
+    return {
+        "distinct_masks": jnp.mean(jnp.sum(~repeated, axis=-1).astype(jnp.float32)),
+        "matched_masks": jnp.mean(matched.astype(jnp.float32)),
+    }
+
+
+def _forward(network, params, batch_stats, batch, view: int):
+    return apply_train(
+        network,
+        params,
+        batch_stats,
+        batch[f"view{view}"],
+        mask=batch[f"mask{view}"],
+        ids=batch[f"ids{view}"],
+    )
+
+
+class DetConS(Method):
+    """DetCon_S: SimCLR's network and projector, the contrastive detection loss.
+
+    Projector `config.projector` (paper A.2: 2048 → 128, BN after the hidden layer);
+    both views through the same parameters; `detcon_loss(v1, v2, v1, v2)` so every
+    embedding is both a query and a (trained) key, as in SimCLR.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, total_steps: int):
+        super().__init__(config, total_steps)
+        encoder = build_encoder(config)
+        check_masks_config(config, encoder)
+        head = config.projector
+        projector = build_mlp(
+            head,
+            head_bn_group(config),
+            use_bn=head.use_bn,
+            hidden_bias=head.hidden_bias,
+            last_bias=head.last_bias,
+        )
+        self.online = MaskPooledNetwork(encoder, projector)
+
+    def loss(self, params, state, batch, rng) -> tuple[jax.Array, dict[str, Any]]:
+        out1, stats = _forward(self.online, params, state.batch_stats, batch, 1)
+        out2, stats = _forward(self.online, params, stats, batch, 2)
+        v1, v2 = out1["projection"], out2["projection"]
+        ids1, ids2 = batch["ids1"], batch["ids2"]
+        loss = losses.detcon_loss(
+            v1, v2, v1, v2, ids1, ids2, self.config.temperature, axis_name=DATA_AXIS
+        )
+        aux = {
+            "updates": {"batch_stats": stats},
+            "features": out1["pooled"],
+            "metrics": mask_metrics(batch["ids1"], batch["ids2"]),
+        }
+        return loss, aux
+
+
+class DetConB(EmaTargetMethod):
+    """DetCon_B: BYOL's networks (EMA target, predictor), the contrastive detection loss.
+
+    Projector and predictor `config.projector` / `config.predictor` (paper A.2: 4096 →
+    256); τ from `config.tau_base` (0.996 at 1000 epochs) to 1 on a cosine. Each view
+    passes the online and the target network on its own, the target with its own BN
+    statistics; both pool with the batch's masks and ids.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, total_steps: int):
+        super().__init__(config, total_steps)
+        encoder = build_encoder(config)
+        check_masks_config(config, encoder)
+        projector = build_mlp(config.projector, head_bn_group(config))
+        predictor = build_mlp(config.predictor, head_bn_group(config))
+        self.online = MaskPooledNetwork(encoder, projector, predictor)
+        self.target = MaskPooledNetwork(encoder, projector)
+
+    def loss(self, params, state, batch, rng) -> tuple[jax.Array, dict[str, Any]]:
+        online1, stats = _forward(self.online, params, state.batch_stats, batch, 1)
+        online2, stats = _forward(self.online, params, stats, batch, 2)
+        target_params = state.target_params
+        target1, target_stats = _forward(
+            self.target, target_params, state.target_batch_stats, batch, 1
+        )
+        target2, target_stats = _forward(self.target, target_params, target_stats, batch, 2)
+        loss = losses.detcon_loss(
+            online1["prediction"],
+            online2["prediction"],
+            jax.lax.stop_gradient(target1["projection"]),
+            jax.lax.stop_gradient(target2["projection"]),
+            batch["ids1"],
+            batch["ids2"],
+            self.config.temperature,
+            axis_name=DATA_AXIS,
+        )
+        aux = {
+            "updates": {"batch_stats": stats, "target_batch_stats": target_stats},
+            "features": online1["pooled"],
+            "metrics": mask_metrics(batch["ids1"], batch["ids2"]),
+        }
+        return loss, aux
