@@ -65,14 +65,17 @@ def base_config() -> ml_collections.ConfigDict:
 
     # DetCon segmentation masks (SPEC.md "DetCon_S / DetCon_B"); 'none' for other methods.
     c.masks = ml_collections.ConfigDict()
-    c.masks.kind = "none"  # 'none' | 'fh' | 'grid' | 'global' | ground truth where available
-    c.masks.fh_scales = (1000,)  # Felzenszwalb–Huttenlocher scale(s) (ImageNet: 1000)
+    c.masks.kind = "none"  # 'none' | 'fh' | 'grid' | 'global' | 'ground_truth' (not yet)
+    # Felzenszwalb–Huttenlocher scale(s) (ImageNet: 1000); with several, each image draws
+    # one per epoch (same for both views).
+    c.masks.fh_scales = (1000,)
     c.masks.fh_sigma = 0.8  # FH Gaussian pre-smoothing
-    c.masks.fh_min_size = 1000  # FH smallest segment, in pixels of the full-size image
+    c.masks.fh_min_size = 1000  # FH smallest segment in pixels; 0: = each scale (COCO)
     c.masks.grid_size = 4  # n of the n×n `grid` masks
     c.masks.grid = 7  # feature grid g the masks are pooled to (layer4: 7 at 224 px)
     c.masks.num_samples = 16  # segment ids sampled per image (with replacement)
     c.masks.compute_in_pipeline = False  # compute FH in tf.data instead of reading the cache
+    c.masks.cache_dir = config_dict.placeholder(str)  # default: <data_dir>/ssljax_masks
 
     c.online_probe = True  # linear classifier on stop-gradient features, when labelled
     c.log_every_steps = 50

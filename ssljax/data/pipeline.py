@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssljax.data import augment, registry
+from ssljax.data import augment, masks, registry
 from ssljax.errors import UserError
 
 
@@ -84,6 +84,7 @@ class _TrainStream:
     local_batch: int
     steps: int  # per epoch
     make_example: Any  # (epoch_key, index, encoded example) -> views and label
+    add_tfds_id: bool = False  # DetCon masks read from the cache are joined by tfds_id
 
     def epoch(self, epoch: int, skip: int) -> tf.data.Dataset:
         """Batches `skip`..`steps`-1 of `epoch`; skipped examples are read, not decoded."""
@@ -93,7 +94,9 @@ class _TrainStream:
             split=self.shard,
             shuffle_files=True,
             read_config=tfds.ReadConfig(
-                shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=False
+                shuffle_seed=file_seed,
+                shuffle_reshuffle_each_iteration=False,
+                add_tfds_id=self.add_tfds_id,
             ),
             decoders={self.info.image_key: tfds.decode.SkipDecoding()},
         )
@@ -111,16 +114,26 @@ class _TrainStream:
         return ds.with_options(_options(config))
 
 
-def _example_fn(config, info, builder):
-    """The per-example work as one tf.function, so it is traced once, not once per epoch."""
+def _example_fn(config, info, builder, mask_source=None):
+    """The per-example work as one tf.function, so it is traced once, not once per epoch.
+
+    With a `masks.MaskSource` the views are the same and DetCon's mask1/mask2/ids1/ids2
+    are added.
+    """
     preset = augment.preset_from_config(config.augment)
     size = config.dataset.image_size
 
     @tf.function
     def make_example(epoch_key, index, example):
         image = _decode(example[info.image_key], builder, info.image_key)
-        view1, view2 = augment.two_views(image, augment.fold_seed(epoch_key, index), preset, size)
-        out = {"view1": view1, "view2": view2}
+        seed = augment.fold_seed(epoch_key, index)
+        if mask_source is None:
+            view1, view2 = augment.two_views(image, seed, preset, size)
+            out = {"view1": view1, "view2": view2}
+        else:
+            mask = mask_source.mask(example, image, seed)
+            grid, samples = config.masks.grid, config.masks.num_samples
+            out = masks.views_with_masks(image, mask, seed, preset, size, grid, samples)
         if info.label_key is not None:
             out["label"] = tf.cast(example[info.label_key], tf.int32)
         return out
@@ -139,7 +152,9 @@ def train_batches(
 
     Yields {'view1', 'view2': float32 [b, S, S, 3] in [0, 1], 'label': int32 [b]} with
     b = batch_size / process_count; 'label' only for labelled datasets (-1 marks the
-    unlabelled images of e.g. stl10's 'unlabelled+train').
+    unlabelled images of e.g. stl10's 'unlabelled+train'). When `config.masks.kind` is
+    not 'none', also DetCon's 'mask1', 'mask2': int32 [b, g, g] and 'ids1', 'ids2':
+    int32 [b, R] (see `ssljax.data.masks`).
     """
     process_index, process_count = _process(process_index, process_count)
     local_batch = _local_batch(config.batch_size, process_count)
@@ -152,6 +167,7 @@ def train_batches(
             f"{info.name} split {split!r} has fewer images than one batch of "
             f"{config.batch_size}; lower --config.batch_size or use a larger split"
         )
+    mask_source = masks.mask_source(config, builder, split)
     shard = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count
     )
@@ -163,7 +179,8 @@ def train_batches(
         process_index,
         local_batch,
         steps,
-        _example_fn(config, info, builder),
+        _example_fn(config, info, builder, mask_source),
+        add_tfds_id=mask_source is not None and mask_source.needs_tfds_id,
     )
     epoch, skip = divmod(start_step, steps)
     while True:
