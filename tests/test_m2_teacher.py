@@ -22,10 +22,11 @@ def _config(preset="smoke"):
     return config
 
 
-def _tiny_method(config, total_steps):
-    """M²T on a ResNet with one block per stage: the same layers, half the compile time."""
+def _tiny_method(config, total_steps, stage_sizes=(0, 0, 0, 0)):
+    """M²T on the ResNet's stem alone (conv → BN → ReLU): the BN groups, heads, teacher and
+    lazy update are the method's own, at a fraction of the compile time."""
     method = MomentumSquaredTeacher(config, total_steps)
-    encoder = method.online.encoder.clone(stage_sizes=(1, 1, 1, 1))
+    encoder = method.online.encoder.clone(stage_sizes=stage_sizes)
     method.online = method.online.clone(encoder=encoder)
     return method
 
@@ -94,16 +95,14 @@ def test_batch_size_rule_scales_lr_and_one_minus_m_base_together():
         scale_for_batch(config, 1000 * config.batch_size)
 
 
-@pytest.fixture(scope="module")
-def init_fields():
-    config = _config()
-    method = _tiny_method(config, 10)
+def _init(method):
     images = np.zeros((2, SIZE, SIZE, 3), np.float32)
-    return method, jax.jit(method.init)(jax.random.PRNGKey(0), images)
+    return method.init(jax.random.PRNGKey(0), images)
 
 
-def test_teacher_is_the_student_architecture_with_momentum_bn_everywhere(init_fields):
-    method, fields = init_fields
+def test_teacher_is_the_student_architecture_with_momentum_bn_everywhere():
+    method = MomentumSquaredTeacher(_config(), 10)  # the full ResNet-18, traced only
+    fields = jax.eval_shape(lambda: _init(method))
     student = {k: fields["params"][k] for k in ("encoder", "projector")}
     assert jax.tree_util.tree_structure(fields["target_params"]) == (
         jax.tree_util.tree_structure(student)
@@ -121,8 +120,9 @@ def test_teacher_is_the_student_architecture_with_momentum_bn_everywhere(init_fi
     assert "target_batch_stats" not in fields
 
 
-def test_loss_lazily_updates_the_teacher_statistics(init_fields):
-    method, fields = init_fields
+def test_loss_lazily_updates_the_teacher_statistics():
+    method = _tiny_method(_config(), 10)
+    fields = jax.jit(_init, static_argnums=0)(method)
     batch = _batch(8)
     state = engine.TrainState(step=np.int32(4), opt_state=None, **fields)
     alpha = float(method.alpha(4))
@@ -192,8 +192,16 @@ def test_eight_device_step_equals_one_device_step_with_groups_of_n():
     importlib.util.find_spec("ssljax.data.pipeline") is None,
     reason="ssljax.data.pipeline is not available yet",
 )
-def test_smoke_run_trains(tmp_path):
+def test_smoke_run_trains(tmp_path, monkeypatch):
+    """The whole loop (data, sharded step, logging, checkpoints of `momentum_stats`) on the
+    `smoke` preset, with the stem-only backbone to keep the compile short."""
     from ssljax import train
+    from ssljax.methods import base, m2_teacher
+
+    def stem_only(config, bn_group=None):
+        return base.build_encoder(config, bn_group).clone(stage_sizes=(0, 0, 0, 0))
+
+    monkeypatch.setattr(m2_teacher, "build_encoder", stem_only)
 
     state = train.train(configlib.load(str(CONFIGS / "m2_teacher.py:smoke")), tmp_path)
     assert int(jax.device_get(state.step)) == 6
@@ -217,3 +225,31 @@ def test_plain_bn_teacher_keeps_its_own_batch_stats_instead():
     with pytest.raises(UserError, match="teacher_bn"):
         config.teacher_bn = "shuffle"
         MomentumSquaredTeacher(config, 10)
+
+
+def test_moco_key_encoder_with_momentum_bn_mixes_a_fixed_alpha_of_0064():
+    """MoCo v2 with `key_bn='momentum'` (M²T Table 3): one step moves the key encoder's
+    running statistics by α = 0.064 towards the key batch's statistics."""
+    from ssljax.methods.moco import MoCo
+
+    config = configlib.load(str(CONFIGS / "moco_v2.py:smoke"))
+    config.key_bn = "momentum"
+    method = MoCo(config, 10)
+    for name in ("online", "target"):
+        network = getattr(method, name)
+        setattr(method, name, network.clone(encoder=network.encoder.clone(stage_sizes=(0,) * 4)))
+    assert method.key_bn_alpha == pytest.approx(0.064)
+    mesh = engine.make_mesh(jax.devices()[:1])
+    tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, 10)
+    state = engine.make_init(method, tx, mesh, (SIZE, SIZE, 3), None)(jax.random.PRNGKey(0))
+    assert state.target_batch_stats is None
+    old = jax.device_get(state.momentum_stats)
+    target_params = jax.device_get(state.target_params)
+    batch = _batch(config.batch_size)
+    step = engine.make_train_step(method, tx, schedule, mesh, None)
+    state, _ = step(state, engine.global_batch(batch, mesh), jax.random.PRNGKey(1))
+    _, recorded = jax.jit(lambda p, s, x: apply_recording(method.target, p, s, x))(
+        target_params, old, batch["view2"]
+    )
+    expected = jax.tree_util.tree_map(lambda o, r: 0.064 * r + 0.936 * o, old, recorded)
+    _assert_trees_close(jax.device_get(state.momentum_stats), expected)

@@ -20,7 +20,10 @@ included). The query encoder normalises over these groups. The key images are
 gathered from every device, permuted so that each image lands in a different group
 than its own, encoded with the same grouping, and put back in order. `key_bn='local'`
 normalises the keys over the query's own groups without the shuffle (the paper's
-ablation); `'sync'` over the global batch.
+ablation); `'sync'` over the global batch. `'momentum'` gives every BN of the key
+encoder Momentum BN over the query's groups with a fixed α = `key_bn_alpha` (0.064,
+Momentum² Teacher Table 3): α·batch + (1 − α)·running statistics, the running ones in
+`momentum_stats`, updated after the keys (`ssljax.models.momentum_norm`).
 """
 
 from __future__ import annotations
@@ -38,9 +41,16 @@ from ssljax.methods.base import (
     build_encoder,
     build_mlp,
 )
+from ssljax.models.momentum_norm import (
+    MOMENTUM_STATS,
+    apply_recording,
+    lazy_update,
+    momentum_batch_norm,
+)
 from ssljax.models.norm import parse_bn_group
 
-KEY_BN = ("shuffle", "local", "sync")
+KEY_BN = ("shuffle", "local", "sync", "momentum")
+KEY_BN_ALPHA = 0.064  # Momentum² Teacher, Table 3: MoCo v2 with a Momentum-BN key encoder
 
 
 def init_queue(rng: jax.Array, size: int, dim: int) -> dict[str, jax.Array]:
@@ -150,6 +160,12 @@ class MoCo(EmaTargetMethod):
         self.key_bn_group = "sync" if config.key_bn == "sync" else self.query_bn
         self.online = self._network(self.query_bn)
         self.target = self._network(self.key_bn_group)
+        if config.key_bn == "momentum":
+            self.key_bn_alpha = config.get("key_bn_alpha", KEY_BN_ALPHA)
+            bn = momentum_batch_norm(self.key_bn_alpha, self.key_bn_group, DATA_AXIS)
+            self.target = SiameseNetwork(
+                self.target.encoder.clone(bn=bn), self.target.projector.clone(bn=bn)
+            )
 
     def _network(self, bn_group) -> SiameseNetwork:
         head = self.config.projector
@@ -168,6 +184,11 @@ class MoCo(EmaTargetMethod):
         fields["queue"] = init_queue(
             queue_rng, self.config.moco.queue_size, self.config.projector.out_dim
         )
+        if self.config.key_bn == "momentum":
+            fields[MOMENTUM_STATS] = self.target.init(network_rng, images, train=False)[
+                MOMENTUM_STATS
+            ]
+            fields["target_batch_stats"] = None
         return fields
 
     def encode_keys(self, params, batch_stats, images, rng):
@@ -179,6 +200,11 @@ class MoCo(EmaTargetMethod):
         """
         local_batch = images.shape[0]
         first = jax.lax.axis_index(DATA_AXIS) * local_batch
+        if self.config.key_bn == "momentum":  # `batch_stats` are the Momentum-BN running stats
+            out, recorded = apply_recording(self.target, params, batch_stats, images)
+            batch_stats = lazy_update(batch_stats, [recorded], self.key_bn_alpha)
+            keys = losses.l2_normalize(out["projection"].astype(jnp.float32))
+            return keys, jax.lax.all_gather(keys, DATA_AXIS, tiled=True), batch_stats
         if self.config.key_bn != "shuffle":
             out, batch_stats = apply_train(self.target, params, batch_stats, images)
             keys = losses.l2_normalize(out["projection"].astype(jnp.float32))
@@ -194,8 +220,9 @@ class MoCo(EmaTargetMethod):
 
     def loss(self, params, state, batch, rng):
         query, stats = apply_train(self.online, params, state.batch_stats, batch["view1"])
+        stats_field = MOMENTUM_STATS if self.config.key_bn == "momentum" else "target_batch_stats"
         keys, all_keys, target_stats = self.encode_keys(
-            state.target_params, state.target_batch_stats, batch["view2"], rng
+            state.target_params, getattr(state, stats_field), batch["view2"], rng
         )
         keys, all_keys = jax.lax.stop_gradient(keys), jax.lax.stop_gradient(all_keys)
         negatives = state.queue["keys"]
@@ -206,7 +233,7 @@ class MoCo(EmaTargetMethod):
         aux = {
             "updates": {
                 "batch_stats": stats,
-                "target_batch_stats": target_stats,
+                stats_field: target_stats,
                 "queue": _queue_as_bits(enqueue(state.queue, all_keys)),
             },
             "features": query["pooled"],
