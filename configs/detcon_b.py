@@ -59,7 +59,8 @@ def imagenet(config):
 def coco(config):
     config.dataset.name = "coco/2017"
     config.epochs = 5184
-    config.masks.fh_scales = (500, 1000, 1500)  # min_size = scale for each
+    config.masks.fh_scales = (500, 1000, 1500)
+    config.masks.fh_min_size = 0  # 0: min_size = scale, for each scale
     config.optimizer.schedule = "steps"
     config.optimizer.decay_at = (0.96, 0.98)
     config.optimizer.decay_factor = 0.1

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssljax import configlib, engine
@@ -142,7 +141,7 @@ def test_registered_and_presets_hold_the_papers_numbers():
     assert (s.projector.hidden_dims, s.projector.out_dim) == ((2048,), 128)
     for name in ("detcon_b", "detcon_s"):
         coco = _config(name, "coco")
-        assert coco.masks.fh_scales == (500, 1000, 1500)
+        assert (coco.masks.fh_scales, coco.masks.fh_min_size) == ((500, 1000, 1500), 0)
         assert (coco.optimizer.schedule, coco.optimizer.decay_at) == ("steps", (0.96, 0.98))
         small = _config(name, "fashion_mnist")
         assert (small.masks.grid, small.masks.compute_in_pipeline) == (GRID, True)
@@ -263,6 +262,7 @@ def test_detcon_b_target_gets_no_gradient():
 
 
 def _run_steps(method, config, devices, batches, total_steps=10):
+    """(state on the devices, losses, last metrics, the step function, its mesh)."""
     mesh = engine.make_mesh(jax.devices()[:devices])
     tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, total_steps)
     state = engine.make_init(method, tx, mesh, (SIZE, SIZE, 3), 10)(jax.random.PRNGKey(0))
@@ -271,42 +271,31 @@ def _run_steps(method, config, devices, batches, total_steps=10):
     for batch in batches:
         state, metrics = step(state, engine.global_batch(batch, mesh), jax.random.PRNGKey(1))
         losses_.append(float(metrics["loss"]))
-    return jax.device_get(state), losses_, jax.device_get(metrics)
+    return state, losses_, jax.device_get(metrics), step, mesh
 
 
 def test_detcon_b_eight_device_step_equals_one_device_step_and_target_follows_ema():
     config = _config("detcon_b")
     method = DetConB(config, 10)
     batches = [_contract_batch(config.batch_size, seed=s) for s in range(2)]
-    state1, losses1, _ = _run_steps(method, config, 1, batches)
-    state8, losses8, metrics = _run_steps(method, config, 8, batches)
+    state1, losses1, _, _, _ = _run_steps(method, config, 1, batches)
+    state8, losses8, metrics, step, mesh = _run_steps(method, config, 8, batches)
+    state1, before = jax.device_get(state1), jax.device_get(state8)
     np.testing.assert_allclose(losses8, losses1, rtol=1e-4)
-    _assert_trees_close(state8.params, state1.params, rtol=1e-4, atol=1e-5)
-    _assert_trees_close(state8.target_params, state1.target_params, rtol=1e-4, atol=1e-5)
-    _assert_trees_close(state8.batch_stats, state1.batch_stats, rtol=1e-4, atol=1e-5)
-    _assert_trees_close(state8.target_batch_stats, state1.target_batch_stats, rtol=1e-4, atol=1e-5)
+    for field in ("params", "target_params", "batch_stats", "target_batch_stats"):
+        _assert_trees_close(getattr(before, field), getattr(state1, field), rtol=1e-4, atol=1e-5)
     assert 1.0 <= metrics["distinct_masks"] <= 6.0 and 0.0 < metrics["matched_masks"] <= 1.0
 
-    # One more step from state8: the target moves by exactly the EMA rule.
-    mesh = engine.make_mesh()
-    tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, 10)
-    step = engine.make_train_step(method, tx, schedule, mesh, 10)
-    before = state8
-    after, metrics = step(
-        jax.device_put(before, NamedSharding(mesh, engine.REPLICATED)),
-        engine.global_batch(_contract_batch(config.batch_size, seed=5), mesh),
-        jax.random.PRNGKey(1),
-    )
+    # One more step: the target moves by exactly the EMA rule, and only it.
+    batch = engine.global_batch(_contract_batch(config.batch_size, seed=5), mesh)
+    after, metrics = step(state8, batch, jax.random.PRNGKey(1))
     after = jax.device_get(after)
     tau = float(metrics["tau"])
     assert config.tau_base < tau < 1.0
-    expected = jax.tree.map(
-        lambda t, o: tau * t + (1 - tau) * o,
-        before.target_params,
-        {k: after.params[k] for k in ("encoder", "projector")},
-    )
-    _assert_trees_close(after.target_params, expected, rtol=1e-5, atol=1e-7)
     assert set(after.target_params) == {"encoder", "projector"}
+    online = {k: after.params[k] for k in after.target_params}
+    expected = jax.tree.map(lambda t, o: tau * t + (1 - tau) * o, before.target_params, online)
+    _assert_trees_close(after.target_params, expected, rtol=1e-5, atol=1e-7)
 
 
 def _masks_pipeline_available():
