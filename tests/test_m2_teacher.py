@@ -80,6 +80,9 @@ def test_schedule_end_points():
     assert set(method.schedules(0)) == {"alpha", "tau"}
     config.alpha_schedule, config.alpha_base = "constant", 0.064
     assert float(MomentumSquaredTeacher(config, 100).alpha(100)) == pytest.approx(0.064)
+    config.alpha_base = 1.5
+    with pytest.raises(UserError, match="alpha_base"):
+        MomentumSquaredTeacher(config, 100)
 
 
 def test_batch_size_rule_scales_lr_and_one_minus_m_base_together():

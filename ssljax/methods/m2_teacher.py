@@ -81,6 +81,8 @@ class MomentumSquaredTeacher(EmaTargetMethod):
             raise UserError(
                 f"teacher_bn={config.teacher_bn!r}: choose one of {', '.join(TEACHER_BN)}"
             )
+        if not 0.0 <= config.alpha_base <= 1.0:
+            raise UserError(f"alpha_base={config.alpha_base} must lie in [0, 1] (paper: 1)")
         student_group = config.student_bn_group
         encoder = build_encoder(config, bn_group=student_group)
         projector = build_mlp(config.projector, student_group)
