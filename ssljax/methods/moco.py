@@ -23,7 +23,9 @@ normalises the keys over the query's own groups without the shuffle (the paper's
 ablation); `'sync'` over the global batch. `'momentum'` gives every BN of the key
 encoder Momentum BN over the query's groups with a fixed α = `key_bn_alpha` (0.064,
 Momentum² Teacher Table 3): α·batch + (1 − α)·running statistics, the running ones in
-`momentum_stats`, updated after the keys (`ssljax.models.momentum_norm`).
+`momentum_stats`, updated after the keys (`ssljax.models.momentum_norm`). Like the
+reference, the shuffle all_gathers the key images (B images on every device), then the
+B keys.
 """
 
 from __future__ import annotations
