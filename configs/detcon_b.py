@@ -11,10 +11,9 @@ Presets:
   DetCon_S, not DetCon_B, on COCO and sweeps 324–5184 epochs; we take the longest.
   `coco/2017` is not in `ssljax.data.registry` yet, so this preset does not run until a
   COCO entry (and its mask source) is added there.
-- `fashion_mnist`: the small CPU run: ResNet-18 ×0.25 with the small stem at 32 px
-  (4×4 layer4 grid), FH masks computed in the pipeline with small-image parameters
-  (scale 100, σ 0.8, min_size 20 on the 28-px originals: ~8 segments an image, ~4 of
-  them own a cell of the 4×4 grid).
+- `fashion_mnist`: the small CPU run, configs/byol.py's (ResNet-18 × 1/8, small stem,
+  32 px, B 128, 3 epochs) plus FH masks computed in the pipeline with small-image
+  parameters (scale 100, σ 0.8, min_size 20 on the 28-px originals), 4×4 grid.
 - `smoke`: a few steps of a tiny network, masks computed in the pipeline, for tests.
 
 Fields beyond `configlib.base_config()`:
@@ -67,12 +66,20 @@ def coco(config):
 
 
 def fashion_mnist(config):
-    configlib.small_cpu_model(config, width=0.25)
+    """configs/byol.py's `fashion_mnist` run with masks, for a same-steps comparison:
+    ResNet-18 × 1/8 at 32 px (4×4 layer4 grid), B 128, 3 epochs, LARS base_lr 1.0, wd 1e-5,
+    τ_base 0.99, heads 512 → 128. FH on the 28-px originals with scale 100, σ 0.8,
+    min_size 20 gives ~8 segments an image, ~4 of which own a cell of the 4×4 grid of
+    the uncropped image (2–3 per augmented view)."""
+    configlib.small_cpu_model(config, width=0.125)
     config.dataset.name = "fashion_mnist"
     config.dataset.shuffle_buffer = 10_000
-    config.batch_size = 256
-    config.epochs = 10
-    config.optimizer.warmup_epochs = 1.0
+    config.batch_size = 128
+    config.epochs = 3
+    config.tau_base = 0.99
+    config.optimizer.base_lr = 1.0
+    config.optimizer.weight_decay = 1e-5
+    config.optimizer.warmup_epochs = 0.5
     config.projector.hidden_dims = (512,)
     config.projector.out_dim = 128
     config.predictor.hidden_dims = (512,)
@@ -81,7 +88,7 @@ def fashion_mnist(config):
     config.masks.fh_min_size = 20
     config.masks.grid = 4
     config.masks.compute_in_pipeline = True
-    config.log_every_steps = 20
+    config.log_every_steps = 100
     config.checkpoint_every_steps = 500
 
 

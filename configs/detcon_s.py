@@ -11,9 +11,9 @@ Presets:
   324–5184 epochs (Fig. 6), we take the longest. `coco/2017` is not in
   `ssljax.data.registry` yet, so this preset does not run until a COCO entry (and its
   mask source) is added there.
-- `fashion_mnist`: the small CPU run: ResNet-18 ×0.25 with the small stem at 32 px
-  (4×4 layer4 grid), FH masks computed in the pipeline with small-image parameters
-  (scale 100, σ 0.8, min_size 20 on the 28-px originals).
+- `fashion_mnist`: the small CPU run, configs/simclr.py's (ResNet-18 × 1/8, small stem,
+  32 px, B 256, 3 epochs) plus FH masks computed in the pipeline with small-image
+  parameters (scale 100, σ 0.8, min_size 20 on the 28-px originals), 4×4 grid.
 - `smoke`: a few steps of a tiny network, masks computed in the pipeline, for tests.
 
 Fields beyond `configlib.base_config()`:
@@ -76,12 +76,15 @@ def coco(config):
 
 
 def fashion_mnist(config):
-    configlib.small_cpu_model(config, width=0.25)
+    """configs/simclr.py's `fashion_mnist` run with masks: ResNet-18 × 1/8 at 32 px (4×4
+    layer4 grid), B 256, 3 epochs, projector 512 → 128; FH on the 28-px originals with
+    scale 100, σ 0.8, min_size 20 (as configs/detcon_b.py)."""
+    configlib.small_cpu_model(config, width=0.125)
     config.dataset.name = "fashion_mnist"
     config.dataset.shuffle_buffer = 10_000
     config.batch_size = 256
-    config.epochs = 10
-    config.optimizer.warmup_epochs = 1.0
+    config.epochs = 3
+    config.optimizer.warmup_epochs = 0.5
     config.projector.hidden_dims = (512,)
     config.masks.fh_scales = (100,)
     config.masks.fh_min_size = 20
