@@ -29,10 +29,9 @@ from ssljax.train_state import TrainState
 
 REPLICATED = P()
 SPLIT = P(DATA_AXIS)
-
-
-def _mean_if_float(x: jax.Array) -> jax.Array:
-    return jax.lax.pmean(x, DATA_AXIS) if jnp.issubdtype(x.dtype, jnp.inexact) else x
+# TrainState fields holding running statistics: with local or grouped BN they differ per
+# device, so the step averages them to keep the replicated state identical everywhere.
+STATISTICS_FIELDS = ("batch_stats", "target_batch_stats", "momentum_stats")
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -141,8 +140,11 @@ def make_train_step(
         grads = jax.lax.pmean(grads, DATA_AXIS)
         param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, param_updates)
-        # Local-BN statistics differ per device; averaging keeps the replicated state exact.
-        updates = jax.tree_util.tree_map(_mean_if_float, updates)
+        # Statistics are averaged; other updates (queues) must already be replicated.
+        updates = {
+            name: jax.lax.pmean(value, DATA_AXIS) if name in STATISTICS_FIELDS else value
+            for name, value in updates.items()
+        }
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, **updates
         )

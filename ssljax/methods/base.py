@@ -88,6 +88,8 @@ class Method:
     - `loss(params, state, batch, rng)` is pure and runs per device inside the sharded step.
       It returns `(loss, aux)` with `aux = {'updates': {field: value}, 'features': [b, C]
       pooled online features of view 1 (for the online probe), 'metrics': {name: scalar}}`.
+      The engine averages the statistics fields of `updates` (`engine.STATISTICS_FIELDS`)
+      over devices; any other field (a queue) must come out identical on every device.
     - `after_update(state)` moves what the optimiser does not (EMA target, queue pointer).
     """
 
