@@ -240,6 +240,7 @@ def eval_batches(
     )
     size = config.dataset.image_size
 
+    @tf.autograph.experimental.do_not_convert  # plain graph code, inside a generator
     def make_example(example):
         image = _decode(example[info.image_key], builder, info.image_key)
         label = example[info.label_key] if info.label_key is not None else -1
