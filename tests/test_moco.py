@@ -53,12 +53,21 @@ def _batch(batch_size, seed=0):
 
 
 def _setup(config, devices=8, total_steps=10):
+    """(mesh, method, init(rng) -> state, step), each compiled once however often called."""
     mesh = engine.make_mesh(jax.devices()[:devices])
     method = _tiny_method(config, total_steps)
     tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, total_steps)
-    state = engine.make_init(method, tx, mesh, (SIZE, SIZE, 3), 10)(jax.random.PRNGKey(0))
+    init = engine.make_init(method, tx, mesh, (SIZE, SIZE, 3), 10)
     step = engine.make_train_step(method, tx, schedule, mesh, 10)
-    return mesh, method, state, step
+    return mesh, method, init, step
+
+
+@pytest.fixture(scope="module")
+def unshuffled():
+    """MoCo without the shuffle (keys recomputable without its permutation), m = 0.9 so
+    that one momentum step is visible."""
+    config = _config(key_bn="local", tau_base=0.9)
+    return (config, *_setup(config))
 
 
 def test_registered_and_presets_hold_the_papers_numbers():
@@ -173,7 +182,8 @@ def _dependence(fn, x):
 @pytest.mark.parametrize("key_bn", ["shuffle", "local"])
 def test_on_8_devices_shuffle_bn_normalises_each_query_and_its_key_in_different_groups(key_bn):
     config = _config(key_bn=key_bn)
-    mesh, method, state, _ = _setup(config)
+    mesh, method, init, _ = _setup(config)
+    state = init(jax.random.PRNGKey(0))
     state = jax.device_get(state)
     rng = jax.random.PRNGKey(3)
     x = jnp.asarray(_batch(32)["view2"])
@@ -225,9 +235,9 @@ def test_on_8_devices_shuffle_bn_normalises_each_query_and_its_key_in_different_
     np.testing.assert_allclose(keys, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_queue_holds_exactly_the_last_k_keys_in_order_after_n_steps():
-    config = _config(key_bn="local")  # keys recomputable without the shuffle's permutation
-    mesh, method, state, step = _setup(config)
+def test_queue_holds_exactly_the_last_k_keys_in_order_after_n_steps(unshuffled):
+    config, mesh, method, init, step = unshuffled
+    state = init(jax.random.PRNGKey(0))
     queue_size, batch_size = config.moco.queue_size, config.batch_size
     initial = np.asarray(jax.device_get(state.queue["keys"]))
     expected_keys = []
@@ -253,9 +263,9 @@ def test_queue_holds_exactly_the_last_k_keys_in_order_after_n_steps():
     assert queue["keys"].dtype == np.float32
 
 
-def test_key_encoder_gets_no_gradient_and_moves_only_by_the_momentum_rule():
-    config = _config(tau_base=0.9)
-    mesh, method, state, step = _setup(config)
+def test_key_encoder_gets_no_gradient_and_moves_only_by_the_momentum_rule(unshuffled):
+    config, mesh, method, init, step = unshuffled
+    state = init(jax.random.PRNGKey(0))
     batch = engine.global_batch(_batch(config.batch_size), mesh)
 
     def loss_of_target(target_params, state, batch):
