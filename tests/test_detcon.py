@@ -12,7 +12,7 @@ from ssljax.errors import UserError
 from ssljax.methods import get_method
 from ssljax.methods.base import DATA_AXIS, apply_train
 from ssljax.methods.byol import Byol
-from ssljax.methods.detcon import DetConB, DetConS, mask_pool
+from ssljax.methods.detcon import DetConB, DetConS, head_bn_group, mask_pool
 from ssljax.optim import build_optimizer
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -120,6 +120,14 @@ def test_config_without_masks_or_with_the_wrong_grid_is_a_user_error():
     config.masks.grid = 7
     with pytest.raises(UserError, match="masks.grid=4"):
         DetConS(config, 10)
+
+
+def test_heads_normalise_over_all_masks_of_the_same_images():
+    """The heads see b·R rows: 'sync'/'local' stay as they are, n images become n·R rows."""
+    config = _config("detcon_b")
+    assert head_bn_group(config) == "sync"
+    config.bn_group = "2"
+    assert head_bn_group(config) == 2 * config.masks.num_samples
 
 
 def test_registered_and_presets_hold_the_papers_numbers():
