@@ -123,19 +123,6 @@ def _shared_rng(rng: jax.Array) -> jax.Array:
     return jax.lax.all_gather(rng, DATA_AXIS)[0]
 
 
-def _queue_as_bits(queue: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """The engine averages every float leaf of a method's updates over devices (local BN
-    statistics differ per device). The queue is already identical everywhere, so it
-    crosses that step as raw bits: exact, and no all-reduce of K × D floats per step."""
-    return {**queue, "keys": jax.lax.bitcast_convert_type(queue["keys"], jnp.uint32)}
-
-
-def _queue_from_bits(queue: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    if queue["keys"].dtype == jnp.float32:
-        return queue
-    return {**queue, "keys": jax.lax.bitcast_convert_type(queue["keys"], jnp.float32)}
-
-
 class MoCo(EmaTargetMethod):
     """Query network `online`, momentum key network `target` (same modules, key BN)."""
 
@@ -236,7 +223,7 @@ class MoCo(EmaTargetMethod):
             "updates": {
                 "batch_stats": stats,
                 stats_field: target_stats,
-                "queue": _queue_as_bits(enqueue(state.queue, all_keys)),
+                "queue": enqueue(state.queue, all_keys),
             },
             "features": query["pooled"],
             "metrics": {
@@ -247,7 +234,3 @@ class MoCo(EmaTargetMethod):
             },
         }
         return loss, aux
-
-    def after_update(self, state):
-        state = super().after_update(state)
-        return state.replace(queue=_queue_from_bits(state.queue))
