@@ -160,17 +160,21 @@ def sample_ids(mask1, mask2, seed, num_samples: int):
 
     present1 = tf.sort(tf.unique(tf.reshape(mask1, [-1]))[0])
     present2 = tf.sort(tf.unique(tf.reshape(mask2, [-1]))[0])
-    shared = tf.sets.intersection(present1[None], present2[None]).values
+    in2 = tf.reduce_any(present1[:, None] == present2[None, :], axis=1)
+    in1 = tf.reduce_any(present2[:, None] == present1[None, :], axis=1)
+    has_shared = tf.reduce_any(in2)
+    # With shared ids both pools are the same sorted shared ids and one seed draws both.
+    pool1 = tf.boolean_mask(present1, in2 | ~has_shared)
+    pool2 = tf.boolean_mask(present2, in1 | ~has_shared)
     seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+    seed2 = tf.where(has_shared, seed1, seed2)
 
     def draw(pool, draw_seed):
         size = tf.size(pool)
         picks = tf.random.stateless_uniform([num_samples], draw_seed, 0, size, dtype=tf.int32)
         return tf.gather(pool, picks)
 
-    has_shared = tf.size(shared) > 0
-    ids1 = draw(tf.cond(has_shared, lambda: shared, lambda: present1), seed1)
-    ids2 = tf.cond(has_shared, lambda: ids1, lambda: draw(present2, seed2))
+    ids1, ids2 = draw(pool1, seed1), draw(pool2, seed2)
     return tf.ensure_shape(ids1, [num_samples]), tf.ensure_shape(ids2, [num_samples])
 
 
