@@ -323,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished chunks are kept; run the same command to resume")
+        return 130
     return 0
 
 
