@@ -27,12 +27,16 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ssljax.data.masks import FHParams, fh_masks
 from ssljax.errors import UserError
+
+if TYPE_CHECKING:
+    import ml_collections
+    import tensorflow_datasets as tfds
 
 CACHE_DIRNAME = "ssljax_masks"
 CHUNK_SIZE = 1024  # images per cache file (~5 MB at ImageNet size)
@@ -57,6 +61,7 @@ def decode_mask(record: bytes) -> np.ndarray:
 
 
 def cache_root(data_dir: str | None, cache_dir: str | None = None) -> str:
+    """`cache_dir` if given, else `<data_dir>/ssljax_masks` (data_dir as the registry's)."""
     if cache_dir:
         return cache_dir
     from ssljax.data import registry
@@ -92,14 +97,14 @@ class MaskCache:
     def chunk_path(self, chunk: int) -> str:
         return self._path(f"masks-{chunk:05d}.array_record")
 
-    def matches(self, split_info) -> bool:
+    def matches(self, split_info: tfds.core.SplitInfo) -> bool:
         """Whether the cache was made for this version of the split (same tfds files)."""
         return self.meta is not None and (
             self.meta["num_examples"] == split_info.num_examples
             and self.meta["shard_lengths"] == list(split_info.shard_lengths)
         )
 
-    def create(self, split_info, chunk_size: int) -> None:
+    def create(self, split_info: tfds.core.SplitInfo, chunk_size: int) -> None:
         """Write meta.json (the first run's chunk_size stays), or check it against the data."""
         if self.meta is not None:
             if not self.matches(split_info):
@@ -196,7 +201,7 @@ def parse_tfds_id(tfds_id: bytes | str) -> tuple[str, int, int]:
     return match.group(1), int(match.group(2)), int(match.group(3))
 
 
-def absolute_ranges(builder, split: str) -> list[tuple[str, int, int]]:
+def absolute_ranges(builder: tfds.core.DatasetBuilder, split: str) -> list[tuple[str, int, int]]:
     """(base split, start, stop) of each part of a split spec like 'train[:64]+test'."""
     import tensorflow_datasets as tfds
 
@@ -208,7 +213,10 @@ def absolute_ranges(builder, split: str) -> list[tuple[str, int, int]]:
     ]
 
 
-def precompute_command(dataset: str, split: str, params: FHParams, data_dir, cache_dir) -> str:
+def precompute_command(
+    dataset: str, split: str, params: FHParams, data_dir: str | None, cache_dir: str | None
+) -> str:
+    """The shell command that fills the cache these arguments name."""
     command = f"python -m ssljax.data.masks --dataset={dataset} --split={shlex.quote(split)}"
     if data_dir:
         command += f" --data_dir={data_dir}"
@@ -217,7 +225,12 @@ def precompute_command(dataset: str, split: str, params: FHParams, data_dir, cac
     return f"{command} {params.flags()}"
 
 
-def checked_caches(config, builder, split: str, params: FHParams) -> dict[str, MaskCache]:
+def checked_caches(
+    config: ml_collections.ConfigDict,
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    params: FHParams,
+) -> dict[str, MaskCache]:
     """The caches of every part of `split`; a UserError with the command if incomplete."""
     data_dir, cache_dir = config.dataset.get("data_dir"), config.masks.get("cache_dir")
     root = cache_root(data_dir, cache_dir)

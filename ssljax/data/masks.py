@@ -21,11 +21,18 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ssljax.errors import UserError
+
+if TYPE_CHECKING:
+    import ml_collections
+    import tensorflow_datasets as tfds
+    from tensorflow import Tensor
+
+    from ssljax.data.augment import AugmentPreset
 
 KINDS = ("none", "fh", "grid", "global", "ground_truth")
 # Seed folds of one example; the views use 0 and 1 (`augment.two_views`).
@@ -127,7 +134,7 @@ def fh_masks(image: np.ndarray, params: FHParams) -> np.ndarray:
 # ---- Views and the batch contract (tf.data) --------------------------------------
 
 
-def majority_pool(mask, grid: int):
+def majority_pool(mask: Tensor, grid: int) -> Tensor:
     """int32 [S, S'] view mask → int32 [g, g], each cell's majority segment id.
 
     Pixel (y, x) is in cell (y·g // S, x·g // S'); when g divides S this is average
@@ -149,7 +156,9 @@ def majority_pool(mask, grid: int):
     return tf.reshape(tf.gather(ids, winner), [grid, grid])
 
 
-def sample_ids(mask1, mask2, seed, num_samples: int):
+def sample_ids(
+    mask1: Tensor, mask2: Tensor, seed: Tensor, num_samples: int
+) -> tuple[Tensor, Tensor]:
     """`num_samples` ids per view, uniform with replacement among the ids owning a cell.
 
     Drawn from the ids present in both views when there are any (then ids1 == ids2), else
@@ -178,7 +187,15 @@ def sample_ids(mask1, mask2, seed, num_samples: int):
     return tf.ensure_shape(ids1, [num_samples]), tf.ensure_shape(ids2, [num_samples])
 
 
-def views_with_masks(image, mask, seed, preset, out_size: int, grid: int, num_samples: int):
+def views_with_masks(
+    image: Tensor,
+    mask: Tensor,
+    seed: Tensor,
+    preset: AugmentPreset | str,
+    out_size: int,
+    grid: int,
+    num_samples: int,
+) -> dict[str, Tensor]:
     """The two views of `augment.two_views` (same seeds, same pixels) and the contract's
     mask1/mask2 (int32 [g, g]) and ids1/ids2 (int32 [R]); `mask` is int32 [H, W, 1]."""
     import tensorflow as tf
@@ -199,7 +216,7 @@ def views_with_masks(image, mask, seed, preset, out_size: int, grid: int, num_sa
     return out
 
 
-def pick_scale(masks, seed):
+def pick_scale(masks: Tensor, seed: Tensor) -> Tensor:
     """One channel of int32 [H, W, C] per image (C FH scales), drawn from the image's seed."""
     import tensorflow as tf
 
@@ -221,7 +238,9 @@ class MaskSource:
     needs_tfds_id: bool = False
 
 
-def mask_source(config, builder, split: str) -> MaskSource | None:
+def mask_source(
+    config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, split: str
+) -> MaskSource | None:
     """The mask source `config.masks` asks for (None for kind 'none' or no `masks`).
 
     FH masks come from the cache unless `masks.compute_in_pipeline`; a missing cache is a
