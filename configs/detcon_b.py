@@ -23,7 +23,11 @@ Fields beyond `configlib.base_config()`:
 - `projector`, `predictor`: BYOL's heads, Linear 4096 → BN → ReLU → Linear 256 (A.2).
 """
 
+from pathlib import Path
+
 from ssljax import configlib
+
+byol = configlib.load_module(Path(__file__).with_name("byol.py"))
 
 
 def detcon_b_defaults(config):
@@ -43,12 +47,7 @@ def detcon_b_defaults(config):
     config.optimizer.weight_decay = 1.5e-6
     config.optimizer.warmup_epochs = 10.0
     config.optimizer.schedule = "cosine"
-    config.masks.kind = "fh"
-    config.masks.fh_scales = (1000,)
-    config.masks.fh_sigma = 0.8
-    config.masks.fh_min_size = 1000
-    config.masks.grid = 7
-    config.masks.num_samples = 16
+    configlib.fh_masks(config)
 
 
 def imagenet(config):
@@ -68,36 +67,15 @@ def coco(config):
 def fashion_mnist(config):
     """configs/byol.py's `fashion_mnist` run with masks, for a same-steps comparison:
     ResNet-18 × 1/8 at 32 px (4×4 layer4 grid), B 128, 3 epochs, LARS base_lr 1.0, wd 1e-5,
-    τ_base 0.99, heads 512 → 128. FH on the 28-px originals with scale 100, σ 0.8,
-    min_size 20 gives ~8 segments an image, ~4 of which own a cell of the 4×4 grid of
-    the uncropped image (2–3 per augmented view)."""
-    configlib.small_cpu_model(config, width=0.125)
-    config.dataset.name = "fashion_mnist"
-    config.dataset.shuffle_buffer = 10_000
-    config.batch_size = 128
-    config.epochs = 3
+    τ_base 0.99, heads 512 → 128; FH masks for small images (`configlib.small_image_masks`)."""
+    byol.fashion_mnist(config)
     config.tau_base = 0.99
-    config.optimizer.base_lr = 1.0
-    config.optimizer.weight_decay = 1e-5
-    config.optimizer.warmup_epochs = 0.5
-    config.projector.hidden_dims = (512,)
-    config.projector.out_dim = 128
-    config.predictor.hidden_dims = (512,)
-    config.predictor.out_dim = 128
-    config.masks.fh_scales = (100,)
-    config.masks.fh_min_size = 20
-    config.masks.grid = 4
-    config.masks.compute_in_pipeline = True
-    config.log_every_steps = 100
-    config.checkpoint_every_steps = 500
+    configlib.small_image_masks(config)
 
 
 def smoke(config):
     configlib.smoke(config)
-    config.masks.fh_scales = (100,)
-    config.masks.fh_min_size = 20
-    config.masks.grid = 4
-    config.masks.compute_in_pipeline = True
+    configlib.small_image_masks(config)
 
 
 PRESETS = {

@@ -27,9 +27,13 @@ Fields beyond `configlib.base_config()`:
   the SimCLR reference code with two hidden layers instead.
 """
 
+from pathlib import Path
+
 import ml_collections
 
 from ssljax import configlib
+
+detcon_b = configlib.load_module(Path(__file__).with_name("detcon_b.py"))
 
 
 def detcon_s_defaults(config):
@@ -53,26 +57,14 @@ def detcon_s_defaults(config):
     config.optimizer.weight_decay = 1e-6
     config.optimizer.warmup_epochs = 10.0
     config.optimizer.schedule = "cosine"
-    config.masks.kind = "fh"
-    config.masks.fh_scales = (1000,)
-    config.masks.fh_sigma = 0.8
-    config.masks.fh_min_size = 1000
-    config.masks.grid = 7
-    config.masks.num_samples = 16
+    configlib.fh_masks(config)
 
 
 def imagenet(config):
     pass  # detcon_s_defaults() holds the paper's values
 
 
-def coco(config):
-    config.dataset.name = "coco/2017"
-    config.epochs = 5184
-    config.masks.fh_scales = (500, 1000, 1500)
-    config.masks.fh_min_size = 0  # 0: min_size = scale, for each scale
-    config.optimizer.schedule = "steps"
-    config.optimizer.decay_at = (0.96, 0.98)
-    config.optimizer.decay_factor = 0.1
+coco = detcon_b.coco  # the same COCO masks and schedule
 
 
 def fashion_mnist(config):
@@ -86,10 +78,7 @@ def fashion_mnist(config):
     config.epochs = 3
     config.optimizer.warmup_epochs = 0.5
     config.projector.hidden_dims = (512,)
-    config.masks.fh_scales = (100,)
-    config.masks.fh_min_size = 20
-    config.masks.grid = 4
-    config.masks.compute_in_pipeline = True
+    configlib.small_image_masks(config)
     config.log_every_steps = 20
     config.checkpoint_every_steps = 500
 
@@ -97,10 +86,7 @@ def fashion_mnist(config):
 def smoke(config):
     configlib.smoke(config)
     config.projector.hidden_dims = (64,)
-    config.masks.fh_scales = (100,)
-    config.masks.fh_min_size = 20
-    config.masks.grid = 4
-    config.masks.compute_in_pipeline = True
+    configlib.small_image_masks(config)
 
 
 PRESETS = {

@@ -131,15 +131,42 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     config.eval.batch_size = 256
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-    """The config of `path/to/config.py[:preset]`, as `--config=` would load it."""
+def load_module(path):
+    """A config file as a module, so that one config can build on another's presets
+    (DetCon_B's on BYOL's); config files are loaded by path, not imported as a package."""
     import importlib.util
     from pathlib import Path
 
-    path, _, preset = spec.partition(":")
-    if not Path(path).is_file():
+    path = Path(path)
+    if not path.is_file():
         raise UserError(f"config file {path} not found")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module_spec = importlib.util.spec_from_file_location(f"ssljax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(preset or None)
+    return module
+
+
+def fh_masks(config: ml_collections.ConfigDict) -> None:
+    """DetCon's ImageNet masks (§3.2): FH scale 1000, σ 0.8, min_size 1000 on the full
+    image, pooled to the 7×7 layer4 grid, 16 ids sampled per image."""
+    config.masks.kind = "fh"
+    config.masks.fh_scales = (1000,)
+    config.masks.fh_sigma = 0.8
+    config.masks.fh_min_size = 1000
+    config.masks.grid = 7
+    config.masks.num_samples = 16
+
+
+def small_image_masks(config: ml_collections.ConfigDict) -> None:
+    """FH masks for 28-px images, computed in the pipeline: scale 100, σ 0.8, min_size 20
+    give ~8 segments an image, 2–3 owning a cell of a view's 4×4 grid (32-px stem)."""
+    config.masks.fh_scales = (100,)
+    config.masks.fh_min_size = 20
+    config.masks.grid = 4
+    config.masks.compute_in_pipeline = True
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """The config of `path/to/config.py[:preset]`, as `--config=` would load it."""
+    path, _, preset = spec.partition(":")
+    return load_module(path).get_config(preset or None)
