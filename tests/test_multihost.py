@@ -58,9 +58,20 @@ def test_two_processes_train_like_one_process_fed_both_shards(tmp_path, monkeypa
     restored = Checkpointer(workdir / "checkpoints", asynchronous=False).restore(
         run.init, run.rngs()[0], run.replicated)
     assert int(restored.step) == 2
-    # Gloo sums in another order than one process does: float noise, relative to each
-    # leaf's scale (biases before a BN have a ~0 true gradient, hence the absolute floor).
-    # A wrongly assembled global batch differs at O(1).
-    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(restored)),
-                    jax.tree_util.tree_leaves(expected)):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * np.abs(b).max() + 1e-7)
+    # Compare what the two steps changed (state − init): parameters barely move in two
+    # LARS steps, so absolute values would hide a wrong batch. Gloo sums in another order
+    # than one process does and some gradients nearly cancel (biases before a BN), so
+    # the check is on the whole update, not leaf by leaf. Measured: 4e-6 here; 4e-2 when
+    # the single process is fed process 0's shard twice. (Row order alone cannot show:
+    # with sync BN and a mean loss the step does not depend on it.)
+    init = jax.tree_util.tree_leaves(jax.device_get(run.init(run.rngs()[0])))
+    actual = jax.tree_util.tree_leaves(jax.device_get(restored))
+    desired = jax.tree_util.tree_leaves(expected)
+
+    def update(leaves):
+        return np.concatenate([np.ravel(np.asarray(x, np.float64) - np.asarray(i, np.float64))
+                               for x, i in zip(leaves, init)])
+
+    got, want = update(actual), update(desired)
+    assert np.linalg.norm(want) > 0
+    assert np.linalg.norm(got - want) <= 1e-3 * np.linalg.norm(want)
