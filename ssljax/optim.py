@@ -82,7 +82,8 @@ def adaptation_mask(params: Any) -> Any:
 def all_but_probe(params: Any) -> Any:
     """True for every leaf but the online probe's: `optimizer.weight_decay_all` decays
     biases and normalisation parameters too, as PyTorch's SGD does in the MoCo reference."""
-    return {name: jax.tree.map(lambda _: name != "probe", tree) for name, tree in params.items()}
+    return {name: jax.tree.map(lambda _, keep=name != "probe": keep, tree)
+            for name, tree in params.items()}
 
 
 def build_optimizer(
