@@ -14,5 +14,5 @@ if ! [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
     && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
 fi
-python -m pip install -q -e . 2>&1 | grep -v "Running pip as the 'root' user" || true
+python -m pip install -q --root-user-action=ignore -e .
 python main.py --config="$config" --workdir="$workdir" --config.eval.knn_after_training=True "$@"
