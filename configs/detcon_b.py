@@ -9,8 +9,9 @@ Presets:
 - `coco`: COCO pre-training (§4.2, A.3): FH scales {500, 1000, 1500} with min_size =
   scale, piecewise-constant LR ×0.1 at 96% and 98% of training. The paper pre-trains
   DetCon_S, not DetCon_B, on COCO and sweeps 324–5184 epochs; we take the longest.
-  `coco/2017` is not in `ssljax.data.registry` yet, so this preset does not run until a
-  COCO entry (and its mask source) is added there.
+  Data: the `coco` dataset (tfds `coco/2017`, train split). The paper's ground-truth
+  mask ablation: `--config.dataset.name=coco_panoptic --config.masks.kind=ground_truth`
+  (COCO's panoptic segments, tfds `coco/2017_panoptic`).
 - `fashion_mnist`: the small CPU run, configs/byol.py's (ResNet-18 × 1/8, small stem,
   32 px, B 128, 3 epochs) plus FH masks computed in the pipeline with small-image
   parameters (scale 100, σ 0.8, min_size 20 on the 28-px originals), 4×4 grid.
@@ -55,7 +56,7 @@ def imagenet(config):
 
 
 def coco(config):
-    config.dataset.name = "coco/2017"
+    config.dataset.name = "coco"
     config.epochs = 5184
     config.masks.fh_scales = (500, 1000, 1500)
     config.masks.fh_min_size = 0  # 0: min_size = scale, for each scale

@@ -8,9 +8,10 @@ Presets:
   7×7 layer4 grid, 16 ids per image; T = 0.1.
 - `coco`: COCO pre-training (§4.2–4.3, A.3): FH scales {500, 1000, 1500} with min_size =
   scale, piecewise-constant LR ×0.1 at 96% and 98% of training; the paper sweeps
-  324–5184 epochs (Fig. 6), we take the longest. `coco/2017` is not in
-  `ssljax.data.registry` yet, so this preset does not run until a COCO entry (and its
-  mask source) is added there.
+  324–5184 epochs (Fig. 6), we take the longest.
+  Data: the `coco` dataset (tfds `coco/2017`, train split). The paper's ground-truth
+  mask ablation: `--config.dataset.name=coco_panoptic --config.masks.kind=ground_truth`
+  (COCO's panoptic segments, tfds `coco/2017_panoptic`).
 - `fashion_mnist`: the small CPU run, configs/simclr.py's (ResNet-18 × 1/8, small stem,
   32 px, B 256, 3 epochs) plus FH masks computed in the pipeline with small-image
   parameters (scale 100, σ 0.8, min_size 20 on the 28-px originals), 4×4 grid.

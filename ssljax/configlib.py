@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # DetCon segmentation masks (SPEC.md "DetCon_S / DetCon_B"); 'none' for other methods.
     c.masks = ml_collections.ConfigDict()
-    c.masks.kind = "none"  # 'none' | 'fh' | 'grid' | 'global' | 'ground_truth' (not yet)
+    c.masks.kind = "none"  # 'none' | 'fh' | 'grid' | 'global' | 'ground_truth' (coco_panoptic)
     # Felzenszwalb–Huttenlocher scale(s) (ImageNet: 1000); with several, each image draws
     # one per epoch (same for both views).
     c.masks.fh_scales = (1000,)

@@ -7,6 +7,7 @@ once per session (skipped where the package is absent).
 """
 
 import contextlib
+import functools
 import io
 import json
 from itertools import islice
@@ -26,6 +27,8 @@ MOCK_SPLITS = {
     "cifar10": {"train": MOCK_EXAMPLES, "test": MOCK_EXAMPLES},
     # mock_data serves MOCK_EXAMPLES for any split, so the parts of "unlabelled+train" add up.
     "stl10": {"unlabelled": MOCK_EXAMPLES // 2, "train": MOCK_EXAMPLES // 2, "test": MOCK_EXAMPLES},
+    "coco/2017": {"train": MOCK_EXAMPLES, "validation": MOCK_EXAMPLES},
+    "coco/2017_panoptic": {"train": MOCK_EXAMPLES, "validation": MOCK_EXAMPLES},
 }
 
 
@@ -107,6 +110,54 @@ def test_mocked_real_builders_give_well_formed_train_and_eval_batches(name, eval
             assert batch["image"].shape == (10, 32, 32, 3) and batch["image"].dtype == np.float32
             assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
             assert batch["label"].dtype == np.int32 and batch["mask"].dtype == bool
+
+
+def _mask_config(name, data_dir, kind):
+    config = _config(name, data_dir, image_size=32)
+    config.batch_size = 8
+    config.masks = ml_collections.ConfigDict(
+        {
+            "kind": kind,
+            "fh_scales": (100,),
+            "fh_sigma": 0.8,
+            "fh_min_size": 5,
+            "grid": 4,
+            "num_samples": 16,
+            "compute_in_pipeline": True,
+        }
+    )
+    return config
+
+
+@pytest.mark.parametrize(
+    "name, tfds_name, kind",
+    [("coco", "coco/2017", "fh"), ("coco_panoptic", "coco/2017_panoptic", "ground_truth")],
+)
+def test_mocked_coco_gives_unlabelled_views_with_masks(
+    name, tfds_name, kind, tmp_path, monkeypatch
+):
+    # mock_data draws each field of a Sequence (COCO's objects) with its own random length,
+    # which its own encoder then rejects; fixed dynamic sizes (10) keep them consistent
+    # and make the panoptic PNG the image's size, as in the real data.
+    from tensorflow_datasets.testing import mocking
+
+    fixed = functools.partial(mocking.EncodedRandomFakeGenerator, constant_dynamic_shape=True)
+    monkeypatch.setattr(mocking, "EncodedRandomFakeGenerator", fixed)
+    with _mocked(tfds_name, tmp_path):
+        info, _ = registry.get_dataset(name, str(tmp_path))
+        assert info.num_train_examples == MOCK_EXAMPLES and info.num_classes is None
+        config = _mask_config(name, str(tmp_path), kind)
+        for batch in islice(pipeline.train_batches(config, **_single()), 4):
+            assert set(batch) == {"view1", "view2", "mask1", "mask2", "ids1", "ids2"}
+            assert batch["view1"].shape == (8, 32, 32, 3)
+            for view in (1, 2):
+                mask, ids = batch[f"mask{view}"], batch[f"ids{view}"]
+                assert mask.shape == (8, 4, 4) and ids.shape == (8, 16)
+                for m, i in zip(mask, ids, strict=True):
+                    assert set(i) <= set(m.ravel())
+        if kind == "ground_truth":
+            # Random panoptic pixels: ids R + 256·G + 256²·B, far above a uint8's range.
+            assert batch["mask1"].max() > 255
 
 
 def test_unknown_dataset_is_a_user_error_listing_the_names():

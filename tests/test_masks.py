@@ -414,6 +414,22 @@ def test_cached_masks_equal_masks_computed_in_the_pipeline(fashion_dir, tmp_path
             np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_panoptic_pixels_become_int32_ids_that_do_not_wrap():
+    rgb = np.array([[[0, 0, 0], [1, 0, 0]], [[0, 1, 0], [7, 2, 1]]], np.uint8)
+    ids = masks.panoptic_segment_ids(tf.constant(rgb)).numpy()
+    assert ids.dtype == np.int32 and ids.shape == (2, 2, 1)
+    assert ids[..., 0].tolist() == [[0, 1], [256, 7 + 2 * 256 + 65536]]
+
+
+def test_a_ground_truth_mask_of_another_size_is_resized_by_nearest_neighbour():
+    mask = tf.constant([[1, 2], [3, 4]], tf.int32)[..., None]
+    same = masks.resize_nearest(mask, tf.constant([2, 2]))
+    np.testing.assert_array_equal(same, mask)
+    big = masks.resize_nearest(mask, tf.constant([4, 6])).numpy()[..., 0]
+    assert big.dtype == np.int32 and big.shape == (4, 6)
+    assert big[:2, :3].tolist() == [[1] * 3] * 2 and big[2:, 3:].tolist() == [[4] * 3] * 2
+
+
 def test_unknown_mask_kind_and_ground_truth_are_user_errors(fashion_dir):
     with pytest.raises(UserError, match="none, fh, grid, global, ground_truth"):
         next(
@@ -421,7 +437,7 @@ def test_unknown_mask_kind_and_ground_truth_are_user_errors(fashion_dir):
                 _config(fashion_dir, kind="mcg"), process_index=0, process_count=1
             )
         )
-    with pytest.raises(UserError, match="not implemented yet"):
+    with pytest.raises(UserError, match="'fashion_mnist' has none.*coco_panoptic"):
         next(
             pipeline.train_batches(
                 _config(fashion_dir, kind="ground_truth"), process_index=0, process_count=1

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from ssljax.data.augment import AugmentPreset
 
-KINDS = ("none", "fh", "grid", "global", "ground_truth")
+KINDS = ("none", "fh", "grid", "global", "ground_truth")  # ground_truth: COCO panoptic
 # Seed folds of one example; the views use 0 and 1 (`augment.two_views`).
 _SAMPLE_IDS, _PICK_SCALE = 2, 3
 
@@ -229,13 +229,38 @@ def pick_scale(masks: Tensor, seed: Tensor) -> Tensor:
     return masks[..., channel][..., None]
 
 
+def panoptic_segment_ids(panoptic: Tensor) -> Tensor:
+    """COCO panoptic PNG pixels (uint8 [H, W, 3]) → int32 [H, W, 1] segment ids.
+
+    The panoptic format stores id = R + 256·G + 256²·B (0: unlabelled pixels, which form
+    one segment of their own here). Ids reach 2^24, so they stay int32.
+    """
+    import tensorflow as tf
+
+    rgb = tf.cast(panoptic, tf.int32)
+    return (rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2])[..., None]
+
+
+def resize_nearest(mask: Tensor, size: Tensor) -> Tensor:
+    """int32 [h, w, 1] → [H, W, 1] by nearest neighbour; a no-op when the sizes agree (as
+    COCO's panoptic PNGs and their images do)."""
+    import tensorflow as tf
+
+    def resize():
+        return tf.image.resize(mask, size, method="nearest")
+
+    return tf.cond(tf.reduce_all(tf.shape(mask)[:2] == size), lambda: mask, resize)
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskSource:
     """A training image's full-size mask, `mask(example, image, seed)` → int32 [H, W, 1];
-    `needs_tfds_id`: the example must carry its tfds_id (cache lookups)."""
+    `needs_tfds_id`: the example must carry its tfds_id (cache lookups); `features`: the
+    dataset features it reads besides the image."""
 
     mask: Any
     needs_tfds_id: bool = False
+    features: tuple[str, ...] = ()
 
 
 def mask_source(
@@ -255,10 +280,21 @@ def mask_source(
     if kind == "none":
         return None
     if kind == "ground_truth":
-        raise UserError(
-            "masks.kind='ground_truth' is not implemented yet: no registered dataset has "
-            "ground-truth segmentations (COCO is not in ssljax.data.registry). Use 'fh'."
-        )
+        from ssljax.data import registry
+
+        info = registry.DATASETS.get(config.dataset.name)
+        if info is None or info.mask_key is None:
+            with_masks = sorted(n for n, i in registry.DATASETS.items() if i.mask_key)
+            raise UserError(
+                f"masks.kind='ground_truth' needs a dataset with ground-truth segmentations; "
+                f"{config.dataset.name!r} has none. Use one of {with_masks}, or kind 'fh'."
+            )
+
+        def ground_truth(example, image, seed):
+            segments = panoptic_segment_ids(example[info.mask_key])
+            return resize_nearest(segments, tf.shape(image)[:2])
+
+        return MaskSource(ground_truth, features=(info.mask_key,))
     if kind == "global":
         return MaskSource(lambda example, image, seed: tf.zeros_like(image[..., :1], tf.int32))
     if kind == "grid":

@@ -85,6 +85,17 @@ class _TrainStream:
     steps: int  # per epoch
     make_example: Any  # (epoch_key, index, encoded example) -> views and label
     add_tfds_id: bool = False  # DetCon masks read from the cache are joined by tfds_id
+    extra_features: tuple[str, ...] = ()  # read besides image and label (a GT mask)
+
+    def decoders(self) -> tfds.decode.PartialDecoding:
+        """Read only the features the views need (COCO's boxes are never decoded); the
+        image stays encoded until `_decode`, after the skipped examples are dropped."""
+        info = self.info
+        keys = [info.image_key, *([info.label_key] if info.label_key else [])]
+        return tfds.decode.PartialDecoding(
+            {key: True for key in [*keys, *self.extra_features]},
+            decoders={info.image_key: tfds.decode.SkipDecoding()},
+        )
 
     def epoch(self, epoch: int, skip: int) -> tf.data.Dataset:
         """Batches `skip`..`steps`-1 of `epoch`; skipped examples are read, not decoded."""
@@ -98,7 +109,7 @@ class _TrainStream:
                 shuffle_reshuffle_each_iteration=False,
                 add_tfds_id=self.add_tfds_id,
             ),
-            decoders={self.info.image_key: tfds.decode.SkipDecoding()},
+            decoders=self.decoders(),
         )
         ds = ds.shuffle(
             config.dataset.shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False
@@ -181,6 +192,7 @@ def train_batches(
         steps,
         _example_fn(config, info, builder, mask_source),
         add_tfds_id=mask_source is not None and mask_source.needs_tfds_id,
+        extra_features=mask_source.features if mask_source is not None else (),
     )
     epoch, skip = divmod(start_step, steps)
     while True:

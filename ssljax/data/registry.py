@@ -23,7 +23,8 @@ class DatasetInfo:
     `memory_split` is the labelled training split (k-NN memory, linear-probe training).
     `eval_resize` is the centre-crop fraction of evaluation images: the shorter side is
     resized to S / eval_resize, then the centre S×S kept (0.875 on ImageNet; 1.0 on
-    small square images is a plain resize).
+    small square images is a plain resize). `mask_key` names a ground-truth segmentation
+    of each image (DetCon's `masks.kind='ground_truth'`), None where there is none.
     """
 
     name: str
@@ -36,6 +37,7 @@ class DatasetInfo:
     label_key: str | None = "label"
     num_train_examples: int = 0
     eval_resize: float = 1.0
+    mask_key: str | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -45,6 +47,19 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo("cifar10", "cifar10", "train", "train", "test", 10),
     "stl10": DatasetInfo("stl10", "stl10", "unlabelled+train", "train", "test", 10),
     "fashion_mnist": DatasetInfo("fashion_mnist", "fashion_mnist", "train", "train", "test", 10),
+    # COCO pre-training (DetCon §4.2) has no image labels; its evaluations are detection
+    # transfer, outside this library. The panoptic variant adds ground-truth segments.
+    "coco": DatasetInfo("coco", "coco/2017", "train", "train", "validation", None, label_key=None),
+    "coco_panoptic": DatasetInfo(
+        "coco_panoptic",
+        "coco/2017_panoptic",
+        "train",
+        "train",
+        "validation",
+        None,
+        label_key=None,
+        mask_key="panoptic_image",
+    ),
 }
 
 
@@ -54,6 +69,12 @@ def _how_to_prepare(info: DatasetInfo, data_dir: str) -> str:
             "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
             f"https://image-net.org into {data_dir}/downloads/manual, then run "
             f"`tfds build imagenet2012 --data_dir={data_dir}`"
+        )
+    if info.tfds_name.startswith("coco/"):
+        return (
+            f"run `tfds build {info.tfds_name} --data_dir={data_dir}` on a machine with network "
+            "access (it downloads the 2017 images and annotations from cocodataset.org, "
+            f"~20 GB) and copy {data_dir}/coco here"
         )
     if info.tfds_name == "fashion_mnist":
         return (

@@ -15,6 +15,7 @@ import numpy as np
 from etils.epath import Path
 
 from ssljax.eval import features as feats
+from ssljax.eval import results
 
 
 def knn_predict(memory: np.ndarray, memory_labels: np.ndarray, queries: np.ndarray,
@@ -45,31 +46,32 @@ def knn_predict(memory: np.ndarray, memory_labels: np.ndarray, queries: np.ndarr
 def evaluate(workdir: str | Path, checkpoint: int | None = None, random_init: bool = False,
              raw_pixels: bool = False, dataset: str | None = None,
              ks: tuple[int, ...] | None = None) -> dict:
-    """k-NN top-1 of a run's encoder; writes `workdir/eval/knn[_random_init|_raw_pixels].json`."""
+    """k-NN top-1 of a run's encoder (`random_init`: of its untrained network; `raw_pixels`:
+    of the flattened evaluation images). Writes `DIR/eval/knn*.json` (see `results`)."""
     run, variables = feats.load_encoder(workdir, checkpoint, random_init or raw_pixels, dataset)
     config = run.config
-    memory, memory_labels = feats.extract_features(run, variables, run.dataset.memory_split,
-                                                   raw_pixels)
-    queries, labels = feats.extract_features(run, variables, run.dataset.test_split, raw_pixels)
+    kind = results.features_kind(random_init, raw_pixels)
+    tag = None if raw_pixels else results.cache_tag(workdir, checkpoint, random_init)
+
+    def extract(split):
+        return feats.cached_features(run, variables, split, workdir, tag, raw_pixels)
+
+    memory, memory_labels = extract(run.dataset.memory_split)
+    queries, labels = extract(run.dataset.test_split)
     ks = ks or (config.eval.knn_k, 200)
     result = {"metric": "knn", "workdir": str(workdir), "dataset": config.dataset.name,
-              "features": "raw_pixels" if raw_pixels else
-              ("random_init" if random_init else "trained"),
-              "k": config.eval.knn_k, "temperature": config.eval.knn_temperature,
+              "features": kind, "k": config.eval.knn_k,
+              "temperature": config.eval.knn_temperature,
               "num_memory": int(len(memory)), "num_queries": int(len(queries))}
     for k in ks:
         pred = knn_predict(memory, memory_labels, queries, k, config.eval.knn_temperature,
                            run.dataset.num_classes)
         result[f"top1_k{k}"] = float(np.mean(pred == labels))
     result["top1"] = result[f"top1_k{config.eval.knn_k}"]
-    if not (random_init or raw_pixels):
-        steps = feats.Checkpointer(Path(workdir) / "checkpoints", asynchronous=False)
-        result["checkpoint"] = checkpoint or steps.latest_step()
-    if jax.process_index() == 0:
-        suffix = {"trained": "", "random_init": "_random_init", "raw_pixels": "_raw_pixels"}
-        out = Path(workdir) / "eval" / f"knn{suffix[result['features']]}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+    if kind == "trained":
+        result["checkpoint"] = feats.checkpoint_step(workdir, checkpoint)
+    name = results.result_name(workdir, "knn", dataset, kind, checkpoint)
+    results.write_result(workdir, name, result)
     return result
 
 

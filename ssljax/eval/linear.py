@@ -19,7 +19,6 @@ training images in a new random order and drops the last partial batch.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +28,7 @@ from etils.epath import Path
 
 from ssljax.errors import UserError
 from ssljax.eval import features as feats
+from ssljax.eval import results
 from ssljax.models.heads import LinearClassifier
 
 BYOL_HOLDOUT = 10_009  # BYOL's local validation set: 10009 images of ImageNet's train split
@@ -187,26 +187,34 @@ def evaluate(
     random_init: bool = False,
     dataset: str | None = None,
     epochs: int | None = None,
+    raw_pixels: bool = False,
 ) -> dict:
-    """Linear top-1/top-5 of a run's encoder (`random_init`: of its untrained network).
+    """Linear top-1/top-5 of a run's encoder (`random_init`: of its untrained network;
+    `raw_pixels`: of the flattened evaluation images).
 
-    Writes `workdir/eval/linear.json` (`linear_byol.json` for the byol protocol, with a
-    `_random_init` suffix for the baseline).
+    Writes `DIR/eval/linear.json` (`linear_byol.json` for the byol protocol; suffixes as
+    `ssljax.eval.results` says).
     """
     recipe = get_protocol(protocol, epochs)
-    run, variables = feats.load_encoder(workdir, checkpoint, random_init, dataset)
+    run, variables = feats.load_encoder(workdir, checkpoint, random_init or raw_pixels, dataset)
     num_classes = run.dataset.num_classes
     if not num_classes:
         raise UserError(f"{run.dataset.name} has no labels: no linear evaluation")
-    train_x, train_y = feats.extract_features(run, variables, run.dataset.memory_split)
-    test_x, test_y = feats.extract_features(run, variables, run.dataset.test_split)
+    kind = results.features_kind(random_init, raw_pixels)
+    tag = None if raw_pixels else results.cache_tag(workdir, checkpoint, random_init)
+    train_x, train_y = feats.cached_features(
+        run, variables, run.dataset.memory_split, workdir, tag, raw_pixels
+    )
+    test_x, test_y = feats.cached_features(
+        run, variables, run.dataset.test_split, workdir, tag, raw_pixels
+    )
     params, lr, scores = select_and_train(train_x, train_y, num_classes, recipe, run.config.seed)
     result = {
         "metric": "linear",
         "protocol": protocol,
         "workdir": str(workdir),
         "dataset": run.config.dataset.name,
-        "features": "random_init" if random_init else "trained",
+        "features": kind,
         **accuracy(params, test_x, test_y, num_classes),
         "lr": lr,
         "epochs": recipe.epochs,
@@ -216,14 +224,10 @@ def evaluate(
     }
     if scores:
         result["holdout_top1_by_lr"] = scores
-    if not random_init:
-        steps = feats.Checkpointer(Path(workdir) / "checkpoints", asynchronous=False)
-        result["checkpoint"] = checkpoint or steps.latest_step()
-    if jax.process_index() == 0:
-        suffix = ("" if protocol == "moco" else f"_{protocol}") + (
-            "_random_init" if random_init else ""
-        )
-        out = Path(workdir) / "eval" / f"linear{suffix}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+    if kind == "trained":
+        result["checkpoint"] = feats.checkpoint_step(workdir, checkpoint)
+    base = "linear" if protocol == "moco" else f"linear_{protocol}"
+    results.write_result(
+        workdir, results.result_name(workdir, base, dataset, kind, checkpoint), result
+    )
     return result
