@@ -50,7 +50,8 @@ def load_encoder(
         if checkpointer.latest_step() is None:
             raise UserError(f"no checkpoint in {workdir}: train first, or pass --random-init")
         state = train.restore_or_init(run, checkpointer, step=checkpoint)
-    variables = {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]}
+    batch_stats = (state.batch_stats or {}).get("encoder", {})  # a ViT has none
+    variables = {"params": state.params["encoder"], "batch_stats": batch_stats}
     return run, variables
 
 
