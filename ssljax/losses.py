@@ -142,3 +142,148 @@ def detcon_loss(
     return one_direction(pred1, all_target2, all_target1, ids1, ids2) + one_direction(
         pred2, all_target1, all_target2, ids2, ids1
     )
+
+
+def multicrop_cross_entropy(targets: jax.Array, student_logits: jax.Array) -> jax.Array:
+    """Cross-entropy of every (target crop, student crop) pair, each a mean over the batch.
+
+    `targets` [T, b, K] are distributions (DINO: the centred, sharpened teacher; SwAV: the
+    Sinkhorn codes) of crops 0..T−1, `student_logits` [V, b, K] the student's logits of all
+    V crops (already divided by the student temperature). Returns [T, V] with entry
+    (t, v) = mean_b −Σ_k targets[t]·log_softmax(student_logits[v]); the caller drops
+    t = v (`rebalanced_multicrop_loss` does).
+    """
+    log_p = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
+    return -jnp.einsum("tbk,vbk->tv", targets.astype(jnp.float32), log_p) / log_p.shape[1]
+
+
+def rebalanced_multicrop_loss(
+    pair_losses: jax.Array, num_global: int, alpha: float | None
+) -> jax.Array:
+    """SSLight's re-balanced multi-crop loss (Tan et al. 2023, eq. 3).
+
+    L = α·L_gg/P_gg + (1 − α)·L_gl/P_gl, where `pair_losses` [T, V] holds SL(t, v) for
+    target crop t ∈ {0..T−1} (global crops) and student crop v ∈ {0..V−1} (the
+    `num_global` globals first, then the locals); L_gg sums the pairs with v a global
+    crop other than t (P_gg of them: N_g(N_g − 1) for DINO/SwAV, 1 for MoCo-v2*), L_gl the
+    pairs with v local (P_gl = T·N_l). The diagonal t = v is never used. With
+    `alpha=None` it is the plain mean over all P_gg + P_gl pairs (eq. 2), which equals
+    α = P_gg/(P_gg + P_gl): 1/7 for 2 global and 6 local crops.
+    """
+    num_targets, num_crops = pair_losses.shape
+    if not 1 <= num_targets <= num_global < num_crops:
+        raise ValueError(
+            f"need 1 ≤ target crops ({num_targets}) ≤ global crops ({num_global}) < all "
+            f"crops ({num_crops})"
+        )
+    target = jnp.arange(num_targets)[:, None]
+    crop = jnp.arange(num_crops)[None, :]
+    global_pairs = (crop < num_global) & (crop != target)
+    local_pairs = jnp.broadcast_to(crop >= num_global, pair_losses.shape)
+    pair_losses = pair_losses.astype(jnp.float32)
+    sum_gg = jnp.sum(jnp.where(global_pairs, pair_losses, 0.0))
+    sum_gl = jnp.sum(jnp.where(local_pairs, pair_losses, 0.0))
+    p_gg = num_targets * (num_global - 1)
+    p_gl = num_targets * (num_crops - num_global)
+    if alpha is None:
+        return (sum_gg + sum_gl) / (p_gg + p_gl)
+    return alpha * sum_gg / p_gg + (1.0 - alpha) * sum_gl / p_gl
+
+
+def dino_teacher_probabilities(
+    teacher_logits: jax.Array, center: jax.Array, temperature: jax.Array | float
+) -> jax.Array:
+    """DINO's teacher targets (Caron et al. 2021, §3.1): softmax((g_t − c)/τ_t), no gradient."""
+    logits = (teacher_logits.astype(jnp.float32) - center) / temperature
+    return jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))
+
+
+def dino_loss(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    center: jax.Array,
+    student_temperature: float,
+    teacher_temperature: jax.Array | float,
+    alpha: float | None,
+) -> jax.Array:
+    """DINO's multi-crop loss (Caron et al. 2021, eq. 3) with SSLight's re-balancing.
+
+    `teacher_logits` [N_g, b, K] of the global crops, `student_logits` [V, b, K] of all
+    crops (globals first). SL(t, v) = mean_b H(P_t, P_s(v)) with P_t the teacher's
+    centred, sharpened softmax and P_s = softmax(g_s/τ_s); pairs combined by
+    `rebalanced_multicrop_loss`.
+    """
+    targets = dino_teacher_probabilities(teacher_logits, center, teacher_temperature)
+    student = student_logits.astype(jnp.float32) / student_temperature
+    pairs = multicrop_cross_entropy(targets, student)
+    return rebalanced_multicrop_loss(pairs, teacher_logits.shape[0], alpha)
+
+
+def dino_center_update(
+    center: jax.Array, teacher_logits: jax.Array, momentum: float, axis_name: str | None = None
+) -> jax.Array:
+    """c ← m·c + (1 − m)·mean of the teacher's outputs over the global batch and crops.
+
+    `teacher_logits` [..., K]; with `axis_name` the mean is a pmean over devices, so the
+    new centre is the same on every device (DINO's all_reduce).
+    """
+    axes = tuple(range(teacher_logits.ndim - 1))
+    batch_center = jnp.mean(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32), axes)
+    if axis_name is not None:
+        batch_center = jax.lax.pmean(batch_center, axis_name)
+    return momentum * center + (1.0 - momentum) * batch_center
+
+
+def sinkhorn_knopp(
+    scores: jax.Array,
+    epsilon: float = 0.05,
+    iterations: int = 3,
+    axis_name: str | None = None,
+    valid: jax.Array | None = None,
+) -> jax.Array:
+    """SwAV's codes (Caron et al. 2020, eq. 3; Algorithm 1 "distributed_sinkhorn").
+
+    `scores` [n, K] are this device's samples × prototypes (z·c). Starting from
+    Q = exp(scores/ε), `iterations` rounds of: scale every prototype's total over all B
+    samples of the global batch to 1/K, then every sample's total to 1/B. Returns B·Q as
+    [n, K]: each sample's codes sum to 1, each prototype's over the global batch to ≈ B/K.
+    With `axis_name`, prototype totals and B are summed over devices; `valid` [n] (bool)
+    leaves rows out (codes 0), e.g. an unfilled queue. No gradient flows.
+    """
+    scores = jax.lax.stop_gradient(scores.astype(jnp.float32))
+    valid = jnp.ones(scores.shape[:1], bool) if valid is None else valid
+    weight = valid.astype(jnp.float32)[:, None]
+
+    def total(x):
+        return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+    peak = jnp.max(jnp.where(valid[:, None], scores, -jnp.inf))
+    peak = peak if axis_name is None else jax.lax.pmax(peak, axis_name)
+    q = jnp.exp((scores - peak) / epsilon) * weight  # the shift cancels in the first scaling
+    num_samples = total(jnp.sum(weight))
+    num_prototypes = scores.shape[1]
+    q = q / total(jnp.sum(q))
+    for _ in range(iterations):
+        q = q / (total(jnp.sum(q, axis=0, keepdims=True)) * num_prototypes)
+        q = q / (jnp.maximum(jnp.sum(q, axis=1, keepdims=True), 1e-30) * num_samples)
+    return q * num_samples
+
+
+def swav_loss(
+    scores: jax.Array,
+    codes: jax.Array,
+    temperature: float,
+    num_global: int,
+    alpha: float | None,
+) -> jax.Array:
+    """SwAV's swapped prediction (Caron et al. 2020, eq. 1–2) with SSLight's re-balancing.
+
+    `codes` [T, b, K] of the crops used for assignment (the first T of the `num_global`
+    global crops), `scores` [V, b, K] the prototype scores z·c of all crops (globals
+    first). SL(t, v) =
+    mean_b −Σ_k q_t log softmax(z_v·c/τ); pairs combined by `rebalanced_multicrop_loss`.
+    """
+    pairs = multicrop_cross_entropy(
+        jax.lax.stop_gradient(codes), scores.astype(jnp.float32) / temperature
+    )
+    return rebalanced_multicrop_loss(pairs, num_global, alpha)

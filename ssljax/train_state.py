@@ -26,3 +26,4 @@ class TrainState:
     queue: Any = None  # MoCo / SwAV: replicated on every device
     momentum_stats: Any = None  # Momentum² Teacher: running stats of Momentum BN
     frozen: Any = None  # never-updated networks, e.g. SaGe's evaluator
+    center: Any = None  # DINO: running mean of the teacher's outputs, pmean'd in the loss

@@ -70,6 +70,7 @@ BLUR_SIGMA_RANGE = (0.1, 2.0)
     _BLUR_SIGMA,
     _SOLARIZE,
 ) = range(9)
+CROP_STREAM = _CROP  # the fold of a view's seed that draws its crop window (multicrop reads it)
 
 
 def get_preset(preset: AugmentPreset | str) -> AugmentPreset:

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssljax.data import augment, masks, registry
+from ssljax.data import augment, masks, multicrop, registry
 from ssljax.errors import UserError
 
 
@@ -129,16 +129,19 @@ def _example_fn(config, info, builder, mask_source=None):
     """The per-example work as one tf.function, so it is traced once, not once per epoch.
 
     With a `masks.MaskSource` the views are the same and DetCon's mask1/mask2/ids1/ids2
-    are added.
+    are added; with `config.multicrop` the views are `ssljax.data.multicrop`'s.
     """
     preset = augment.preset_from_config(config.augment)
     size = config.dataset.image_size
+    geometry = multicrop.from_config(config) if "multicrop" in config else None
 
     @tf.function
     def make_example(epoch_key, index, example):
         image = _decode(example[info.image_key], builder, info.image_key)
         seed = augment.fold_seed(epoch_key, index)
-        if mask_source is None:
+        if geometry is not None:
+            out = multicrop.multicrop_views(image, seed, preset, geometry)
+        elif mask_source is None:
             view1, view2 = augment.two_views(image, seed, preset, size)
             out = {"view1": view1, "view2": view2}
         else:
@@ -165,12 +168,18 @@ def train_batches(
     b = batch_size / process_count; 'label' only for labelled datasets (-1 marks the
     unlabelled images of e.g. stl10's 'unlabelled+train'). When `config.masks.kind` is
     not 'none', also DetCon's 'mask1', 'mask2': int32 [b, g, g] and 'ids1', 'ids2':
-    int32 [b, R] (see `ssljax.data.masks`).
+    int32 [b, R] (see `ssljax.data.masks`). With `config.multicrop`, 'global' [b, N_g,
+    S, S, 3], 'local' [b, N_l, LC, LC, 3] and 'pixel_scale_ratio' [b] replace the two
+    views (see `ssljax.data.multicrop`).
     """
     process_index, process_count = _process(process_index, process_count)
     local_batch = _local_batch(config.batch_size, process_count)
     augment.preset_from_config(config.augment)  # fail early on a bad preset or field
     info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
+    if "multicrop" in config and process_index == 0:
+        height, width = builder.info.features[info.image_key].shape[:2]
+        shape = (height, width) if height else None  # None: images of varying size
+        print(multicrop.describe(multicrop.from_config(config), shape), flush=True)
     split = train_split(config, info)
     steps = steps_per_epoch(config, registry.split_num_examples(builder, split))
     if steps == 0:

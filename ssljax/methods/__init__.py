@@ -41,6 +41,12 @@ def _detcon_b():
     return DetConB
 
 
+def _dino():
+    from ssljax.methods.dino import Dino
+
+    return Dino
+
+
 METHODS = {
     "byol": _byol,
     "m2_teacher": _m2_teacher,
@@ -48,6 +54,7 @@ METHODS = {
     "moco": _moco,
     "detcon_s": _detcon_s,
     "detcon_b": _detcon_b,
+    "dino": _dino,
 }
 
 

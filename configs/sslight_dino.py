@@ -1,0 +1,190 @@
+"""DINO with SSLight's view sampling (Tan, Saleh, Martinez, ICLR 2023; SPEC.md
+"Low-compute view sampling").
+
+Presets (ImageNet, 200 epochs, B = 1024, MobileNetV2 as in the paper's Tables 1–2):
+- `recipe` (default): S_g = S_l = 0.3, LC = 128, α = 0.4 — the paper's view sampling.
+- `baseline`: DINO's multi-crop, S_g = S_l = 0.14, LC = 96, α = 1/7 (the plain mean over
+  the 14 pairs of 2 global + 6 local crops).
+- `recipe_<backbone>`, `baseline_<backbone>` for backbone in `BACKBONES` (Table 3):
+  ResNets keep LARS; the ViTs (patch 16) use AdamW (base_lr 5e-4, wd 0.04), 10 local
+  crops, a head without weight-norm fixing (`norm_last_layer` False), and DINO's own
+  ViT baseline S = 0.25 (LC 96, α = 1/11); ViT-S/16 and ResNet-50 train with B = 640.
+- `fashion_mnist` / `fashion_mnist_baseline`: the small CPU runs compared in
+  docs/benchmarks.md: ResNet-18 × 1/8 with the 32-px stem, GC = 32 and LC scaled by
+  32/224 (18 and 14 px), so both keep the ImageNet pixel-scale geometry.
+- `smoke`: a few steps of a tiny network, for tests.
+
+Every run: 2 global crops at GC = `dataset.image_size` (224), `byol` colour
+augmentations (DINO's), blur p (1.0, 0.1, 0.5) and solarize p (0, 0.2, 0) for (global 1,
+global 2, locals); LARS base_lr 0.48 (LR 0.48 × B/256), wd 1e-6, 10 warm-up epochs,
+cosine; teacher EMA τ 0.996 → 1.
+
+Fields beyond `configlib.base_config()`:
+- `multicrop`: `num_global` N_g, `num_local` N_l, `local_size` LC, `global_min_scale`
+  S_g, `local_min_scale` 0.05, `local_max_scale` S_l, `p_blur`, `p_solarize`, `alpha`
+  (eq. 3), `per_crop_bn` (each crop with its own BN statistics; False: one set per
+  resolution, as the reference code) — see `ssljax.data.multicrop`.
+- `dino`: the head (`hidden_dims` (2048, 2048), `bottleneck_dim` 256, `out_dim` 65536,
+  `use_bn` False, `norm_last_layer` True), `student_temperature` 0.1,
+  `teacher_temperature` 0.07 after a linear warm-up from `warmup_teacher_temperature`
+  0.04 over `warmup_teacher_temperature_epochs` 30, `center_momentum` 0.9,
+  `freeze_last_layer_epochs` 1. (The SSLight code's CNN runs use a 4096-d head with BN
+  and a 50-epoch warm-up; SPEC.md and the DINO paper give the values above.)
+"""
+
+import ml_collections
+
+from ssljax import configlib
+
+BACKBONES = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small")
+VIEW_SAMPLING = {
+    # variant: (S_g = S_l, LC at GC = 224, alpha or None for the plain mean over pairs)
+    "baseline": (0.14, 96, None),
+    "recipe": (0.3, 128, 0.4),
+}
+VIT_BASELINE_SCALE = 0.25  # DINO's ViT setting, the paper's ViT baseline (§4.3)
+
+
+def plain_mean_alpha(num_global: int, num_local: int) -> float:
+    """The α at which eq. 3 equals the plain mean over pairs (eq. 2): P_gg/(P_gg + P_gl)."""
+    p_gg, p_gl = num_global * (num_global - 1), num_global * num_local
+    return p_gg / (p_gg + p_gl)
+
+
+def multicrop_defaults(config):
+    """SSLight's shared setting: ImageNet, 200 epochs, B 1024, LARS 0.48, MobileNetV2."""
+    config.batch_size = 1024
+    config.epochs = 200
+    config.model.name = "mobilenet_v2"
+    config.augment.preset = "byol"
+    config.multicrop = ml_collections.ConfigDict(
+        {
+            "num_global": 2,
+            "num_local": 6,
+            "local_size": 96,
+            "global_min_scale": 0.14,
+            "local_min_scale": 0.05,
+            "local_max_scale": 0.14,
+            "p_blur": (1.0, 0.1, 0.5),
+            "p_solarize": (0.0, 0.2, 0.0),
+            "alpha": 1 / 7,
+            "per_crop_bn": True,
+        }
+    )
+    config.optimizer.name = "lars"
+    config.optimizer.base_lr = 0.48
+    config.optimizer.weight_decay = 1e-6
+    config.optimizer.warmup_epochs = 10.0
+    config.optimizer.schedule = "cosine"
+
+
+def view_sampling(config, variant: str, reference_size: int = 224):
+    """Set S_g = S_l, LC and α of `variant`; LC is scaled by GC/`reference_size` so that
+    a smaller GC keeps the pixel-scale geometry of the paper's 224/LC."""
+    scale, local_size, alpha = VIEW_SAMPLING[variant]
+    if variant == "baseline" and config.model.name.startswith("vit"):
+        scale = VIT_BASELINE_SCALE
+    mc = config.multicrop
+    mc.global_min_scale = mc.local_max_scale = scale
+    mc.local_size = round(local_size * config.dataset.image_size / reference_size)
+    mc.alpha = plain_mean_alpha(mc.num_global, mc.num_local) if alpha is None else alpha
+
+
+def dino_defaults(config):
+    multicrop_defaults(config)
+    config.method = "dino"
+    config.tau_base = 0.996
+    config.tau_schedule = "cosine"
+    config.dino = ml_collections.ConfigDict(
+        {
+            "hidden_dims": (2048, 2048),
+            "bottleneck_dim": 256,
+            "out_dim": 65536,
+            "use_bn": False,
+            "norm_last_layer": True,
+            "student_temperature": 0.1,
+            "teacher_temperature": 0.07,
+            "warmup_teacher_temperature": 0.04,
+            "warmup_teacher_temperature_epochs": 30.0,
+            "center_momentum": 0.9,
+            "freeze_last_layer_epochs": 1.0,
+        }
+    )
+
+
+def use_backbone(config, name: str):
+    """Table 3's backbones; the ViTs with DINO's ViT optimiser and 10 local crops."""
+    config.model.name = name
+    if name in ("resnet50", "vit_small"):
+        config.batch_size = 640  # §4.3: "due to hardware limitations"
+    if name.startswith("vit"):
+        config.model.patch_size = 16
+        config.optimizer.name = "adamw"
+        config.optimizer.base_lr = 5e-4
+        config.optimizer.weight_decay = 0.04
+        config.multicrop.num_local = 10
+        config.dino.norm_last_layer = False
+
+
+def _preset(variant: str, backbone: str | None = None):
+    def apply(config):
+        if backbone is not None:
+            use_backbone(config, backbone)
+        view_sampling(config, variant)
+
+    return apply
+
+
+def small_cpu(config, variant: str):
+    """Fashion-MNIST on 2 CPU cores: ResNet-18 × 1/8 with the 32-px stem, GC 32, B 128."""
+    configlib.small_cpu_model(config, width=0.125)
+    config.dataset.name = "fashion_mnist"
+    config.dataset.shuffle_buffer = 10_000
+    config.batch_size = 128
+    config.epochs = 2
+    config.optimizer.base_lr = 0.48
+    config.optimizer.weight_decay = 1e-5
+    config.optimizer.warmup_epochs = 0.2
+    config.tau_base = 0.99
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 500
+    view_sampling(config, variant)
+
+
+def fashion_mnist_dino(config, variant: str):
+    small_cpu(config, variant)
+    config.dino.hidden_dims = (512, 512)
+    config.dino.bottleneck_dim = 128
+    config.dino.out_dim = 1024
+    config.dino.warmup_teacher_temperature_epochs = 0.3  # 30/200 of the run, as ImageNet's
+    config.dino.freeze_last_layer_epochs = 0.0
+
+
+def smoke_multicrop(config):
+    """configlib.smoke with 6 local crops of 16 px (GC 32) and the recipe's scales."""
+    configlib.smoke(config)
+    view_sampling(config, "recipe")
+    config.multicrop.local_size = 16
+
+
+def smoke(config):
+    smoke_multicrop(config)
+    config.dino.hidden_dims = (32,)
+    config.dino.bottleneck_dim = 16
+    config.dino.out_dim = 64
+
+
+PRESETS = {
+    "baseline": _preset("baseline"),
+    "recipe": _preset("recipe"),
+    **{f"{v}_{b}": _preset(v, b) for v in VIEW_SAMPLING for b in BACKBONES},
+    "fashion_mnist": lambda config: fashion_mnist_dino(config, "recipe"),
+    "fashion_mnist_baseline": lambda config: fashion_mnist_dino(config, "baseline"),
+    "smoke": smoke,
+}
+
+
+def get_config(arg=None):
+    config = configlib.base_config()
+    dino_defaults(config)
+    return configlib.apply_preset(config, arg, PRESETS, default="recipe")
