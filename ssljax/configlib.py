@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
+    # Wall-time budget of one `train()` call in seconds (0: none): stop cleanly with a
+    # checkpoint once spent; running again resumes. For same-budget comparisons.
+    c.max_train_seconds = 0.0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 512

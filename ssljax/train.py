@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 from etils.epath import Path
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from ssljax import engine
@@ -83,12 +86,21 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
                num_classes, init)
 
 
+# Fields that control one invocation, not the experiment: a resumed run may change them.
+RUN_CONTROL_FIELDS = ("max_train_seconds",)
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Write `workdir/config.json`; a resumed run must use the config it started with."""
+    """Write `workdir/config.json`; a resumed run must use the config it started with
+    (`RUN_CONTROL_FIELDS` aside)."""
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if path.exists():
-        if json.loads(path.read_text()) != json.loads(text):
+        saved, current = json.loads(path.read_text()), json.loads(text)
+        for name in RUN_CONTROL_FIELDS:
+            saved.pop(name, None)
+            current.pop(name, None)
+        if saved != current:
             raise UserError(
                 f"{workdir} holds a run with a different config ({path}); resume it with the "
                 "same config or choose a new --workdir"
@@ -116,13 +128,30 @@ def restore_or_init(run: Run, checkpointer: Checkpointer, step: int | None = Non
     return checkpointer.restore(run.init, init_rng, run.replicated, step)
 
 
+def _out_of_time(deadline: float | None, step: int, every: int) -> bool:
+    """Whether the wall-time budget is spent; with several processes, process 0's clock
+    decides at log steps, so that all stop at the same step."""
+    if deadline is None:
+        return False
+    if jax.process_count() == 1:
+        return time.monotonic() >= deadline
+    if step % every:
+        return False
+    return bool(multihost_utils.broadcast_one_to_all(np.array(time.monotonic() >= deadline)))
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, mesh: Mesh | None = None,
           stop_at: int | None = None) -> TrainState:
     """Pre-train, resuming from the newest checkpoint in `workdir` if there is one.
 
     `stop_at` ends the run early (after saving) as if it had been interrupted: tests use it
     to show that a resumed run continues exactly as an uninterrupted one.
+    `config.max_train_seconds` > 0 does the same when this call has run that long (setup
+    and compilation included): the last row of metrics.jsonl then has
+    `stopped_by_time_limit` = 1, and running again resumes from that step.
     """
+    budget = config.get("max_train_seconds", 0) or 0
+    deadline = time.monotonic() + budget if budget > 0 else None
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run = setup(config, mesh)
@@ -141,10 +170,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, mesh: Mesh | N
                            start_step=start)
     for step in range(start + 1, end + 1):
         state, metrics = train_step(state, engine.global_batch(next(batches), run.mesh), step_rng)
-        if step % config.log_every_steps == 0 or step == end:
+        out_of_time = _out_of_time(deadline, step, config.log_every_steps)
+        if out_of_time:
+            metrics = dict(metrics, stopped_by_time_limit=1.0)
+        if step % config.log_every_steps == 0 or step == end or out_of_time:
             logger.log(step, metrics)
-        if step % config.checkpoint_every_steps == 0 or step == end:
+        if step % config.checkpoint_every_steps == 0 or step == end or out_of_time:
             checkpointer.save(step, state, force=True)
+        if out_of_time:
+            end = step
+            if jax.process_index() == 0:
+                print(f"stopped at step {step} of {run.total_steps}: max_train_seconds="
+                      f"{budget:g} reached (run again to resume)", flush=True)
+            break
     checkpointer.wait()
     checkpointer.close()
     rate = logger.steady_images_per_sec()

@@ -53,3 +53,19 @@ def test_resuming_with_another_config_is_refused(config, tmp_path):
     other.optimizer.base_lr = 1.0
     with pytest.raises(UserError, match="different config"):
         train.train(other, tmp_path / "run")
+
+
+def test_a_time_budget_stops_with_a_checkpoint_and_running_again_resumes(config, tmp_path):
+    budget = config.copy_and_resolve_references()
+    budget.max_train_seconds = 1e-3  # spent before the first step ends
+    stopped = train.train(budget, tmp_path / "run")
+    assert int(stopped.step) == 1
+    assert (tmp_path / "run" / "checkpoints" / "1").exists()
+    (row,) = _rows(tmp_path / "run")
+    assert row["step"] == 1 and row["stopped_by_time_limit"] == 1.0
+
+    # The budget is not part of the experiment: resuming without it is allowed, and goes on
+    # from the saved step as any resumed run (exactness: test_a_resumed_run_continues...).
+    resumed = train.train(config, tmp_path / "run")
+    assert int(resumed.step) == 4
+    assert [r["step"] for r in _rows(tmp_path / "run")] == [1, 2, 3, 4]
