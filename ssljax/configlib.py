@@ -39,11 +39,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.p_solarize = config_dict.placeholder(tuple)  # (view 1, view 2)
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "resnet50"
+    c.model.name = "resnet50"  # resnet18..resnet200 | mobilenet_v2 | vit_tiny | vit_small
     c.model.width = 1.0  # channel multiplier
     c.model.small_stem = False  # 3×3 stride-1 stem, no max-pool (32-px images)
     c.model.bn_momentum = 0.9  # running-statistics decay (BYOL reference: 0.9)
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on TPU
+    c.model.patch_size = 16  # ViT patch side (e.g. 4 for 32-px images)
+    c.model.depth = 0  # ViT blocks; 0: the named model's (12)
     c.bn_group = "sync"  # 'sync' | 'local' | n: which images share BN statistics
 
     # BYOL heads: Linear 4096 → BN → ReLU → Linear 256 (no bias on the last layer).

@@ -92,7 +92,7 @@ def init_state(
         features = jax.eval_shape(
             lambda p, s: method.encoder.apply({"params": p, "batch_stats": s}, images, train=False),
             params["encoder"],
-            fields["batch_stats"]["encoder"],
+            fields["batch_stats"].get("encoder", {}),  # a ViT has no batch norm
         )["pooled"]
         probe = LinearClassifier(num_classes=num_classes)
         dummy = jnp.zeros(features.shape, jnp.float32)

@@ -3,7 +3,7 @@
 Numbers follow SPEC.md "LARS (optax), schedules": LR = base_lr × B / 256, linear warm-up
 from 0, then cosine to 0 (or piecewise-constant decay); biases and normalisation
 parameters are excluded from weight decay and from the trust ratio, as are depth-wise
-convolutions from the trust ratio.
+convolutions and a ViT's position embedding and CLS token (`adaptation_mask`).
 """
 
 from __future__ import annotations
@@ -60,21 +60,29 @@ def cosine_increase(base: float, step: jax.Array, total_steps: int) -> jax.Array
     return 1.0 - (1.0 - base) * (jnp.cos(math.pi * progress) + 1.0) / 2.0
 
 
+# Leaves whose path has a name containing one of these get neither weight decay nor the
+# trust ratio, whatever their shape.
+NOT_ADAPTED_NAMES = ("depthwise", "pos_embedding", "cls_token")
+
+
 def adaptation_mask(params: Any) -> Any:
     """True for the leaves that get weight decay and the LARS trust ratio.
 
-    Biases and normalisation scales/offsets (every leaf with ndim ≤ 1) are excluded, as in
-    the BYOL/DetCon reference; so are depth-wise convolution kernels (any module whose name
-    contains 'depthwise'), as in the low-compute paper's MobileNetV2 recipe. The online
-    probe (top-level 'probe') is excluded too: it starts at zero, where LARS's trust ratio
-    would keep it near zero, and it only reports on the features, so plain momentum SGD.
+    Biases and normalisation scales/offsets (every leaf with ndim ≤ 1, LayerNorm's too) are
+    excluded, as in the BYOL/DetCon reference; so are depth-wise convolution kernels (any
+    module whose name contains 'depthwise'), as in the low-compute paper's MobileNetV2
+    recipe, and a ViT's position embedding and CLS token (timm's `no_weight_decay`; DINO
+    decays them). The online probe (top-level 'probe') is excluded too: it starts at zero,
+    where LARS's trust ratio would keep it near zero, and it only reports on the features,
+    so plain momentum SGD.
     """
 
     def keep(path, leaf) -> bool:
         names = [str(getattr(p, "key", p)) for p in path]
         if names and names[0] == "probe":
             return False
-        return leaf.ndim > 1 and not any("depthwise" in n for n in names)
+        excluded = any(word in n for n in names for word in NOT_ADAPTED_NAMES)
+        return leaf.ndim > 1 and not excluded
 
     return jax.tree_util.tree_map_with_path(keep, params)
 

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssljax.models.backbones import build_backbone
 from ssljax.models.heads import MLP
-from ssljax.models.resnet import build_resnet
 from ssljax.optim import cosine_increase
 from ssljax.train_state import TrainState
 
@@ -57,14 +57,11 @@ def ema(target: Any, online: Any, tau: jax.Array) -> Any:
 
 def build_encoder(config: ml_collections.ConfigDict, bn_group=None, axis_name=DATA_AXIS):
     """The backbone named by `config.model`, with its BN statistics over `bn_group`."""
-    return build_resnet(
-        config.model.name,
-        width=config.model.width,
-        small_stem=config.model.small_stem,
+    return build_backbone(
+        config.model,
+        config.dataset.image_size,
         bn_group=config.bn_group if bn_group is None else bn_group,
         axis_name=axis_name,
-        bn_momentum=config.model.bn_momentum,
-        dtype=jnp.dtype(config.model.dtype),
     )
 
 
@@ -105,7 +102,7 @@ class Method:
 
     def init(self, rng: jax.Array, images: jax.Array) -> dict[str, Any]:
         variables = self.online.init(rng, images, train=False)
-        return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+        return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
     def loss(self, params, state: TrainState, batch, rng):
         raise NotImplementedError
