@@ -26,6 +26,8 @@ setup(
         "importlib_resources>=7.1.0",  # imported by tfds 4.9 builders, not declared by it
         "tensorboard>=2.21.0",  # tensorflow-cpu does not ship the summary writer
         "scikit-image>=0.26.0",
+        "matplotlib>=3.11.2",  # python -m ssljax.report: the results plots
+        "tqdm>=4.70.1",  # evaluation progress bars (also a tfds dependency)
     ],
     extras_require={
         "dev": ["pytest>=9.0.3", "ruff>=0.17.6"],
