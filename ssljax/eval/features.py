@@ -149,7 +149,7 @@ def _write_cache(path: Path, fingerprint: str, features: np.ndarray, labels: np.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_bytes(buffer.getvalue())
-    tmp.rename(path)
+    tmp.replace(path)
 
 
 def cached_features(
