@@ -144,6 +144,35 @@ def detcon_loss(
     )
 
 
+def sage_generation_loss(
+    target: jax.Array,
+    reconstruction: jax.Array,
+    features: dict[str, jax.Array],
+    reconstruction_features: dict[str, jax.Array],
+    weights: dict[str, float],
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """SaGe's generation loss L_G of one view (Tian et al. 2021, eq. 4 and App. A).
+
+    L_G = w_pixels·MSE(x, x̃) + Σ_l w_l·MSE(h_l(x), h_l(x̃)), each MSE a mean over every
+    element, as PyTorch's `MSELoss` in the authors' code. `target` x and `reconstruction`
+    x̃ are images in [−1, 1]; `features`/`reconstruction_features` map each level l of the
+    frozen evaluator h (e.g. 'projection', 'layer4', 'layer3', 'layer2') to its output on
+    x and on x̃; the evaluator's outputs on x get no gradient. `weights` has 'pixels' and
+    one entry per level (reference: pixels and projection 1/10, each stage 1/30); a level
+    weighted 0 is skipped. Returns (L_G, {term: unweighted MSE}), in float32.
+    """
+    def mse(a, b):
+        return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
+
+    terms = {"pixels": mse(jax.lax.stop_gradient(target), reconstruction)}
+    for level, weight in weights.items():
+        if level != "pixels" and weight:
+            original = jax.lax.stop_gradient(features[level])
+            terms[level] = mse(original, reconstruction_features[level])
+    total = sum(weights[name] * value for name, value in terms.items())
+    return jnp.asarray(total, jnp.float32), terms
+
+
 def multicrop_cross_entropy(targets: jax.Array, student_logits: jax.Array) -> jax.Array:
     """Cross-entropy of every (target crop, student crop) pair, each a mean over the batch.
 

@@ -143,3 +143,39 @@ def test_byol_loss_is_two_minus_two_cosine_per_direction(rng):
     p, t = rng.normal(size=(4, 8)), rng.normal(size=(4, 8))
     cos = np.sum(_normalize(p) * _normalize(t), -1)
     np.testing.assert_allclose(losses.regression_loss(p, t), np.mean(2 - 2 * cos), rtol=1e-5)
+
+
+def numpy_sage_generation(target, reconstruction, features, reconstruction_features, weights):
+    """SaGe's eq. 4 written out: weighted element-wise MSEs, pixels and evaluator levels."""
+    total = weights["pixels"] * np.mean((target - reconstruction) ** 2)
+    for level, weight in weights.items():
+        if level != "pixels":
+            total += weight * np.mean((features[level] - reconstruction_features[level]) ** 2)
+    return total
+
+
+def test_sage_generation_loss_matches_numpy_reference_and_stops_the_originals_gradient(rng):
+    target = rng.uniform(-1, 1, size=(3, 8, 8, 3))
+    reconstruction = np.tanh(rng.normal(size=(3, 8, 8, 3)))
+    shapes = {"projection": (3, 5), "layer4": (3, 2, 2, 6), "layer2": (3, 4, 4, 2)}
+    features = {k: rng.normal(size=s) for k, s in shapes.items()}
+    recon_features = {k: rng.normal(size=s) for k, s in shapes.items()}
+    weights = {"pixels": 0.1, "projection": 0.1, "layer4": 1 / 30, "layer2": 1 / 30}
+    args = [jax.tree.map(np.float32, x) for x in (target, reconstruction, features, recon_features)]
+    value, terms = losses.sage_generation_loss(*args, weights)
+    expected = numpy_sage_generation(target, reconstruction, features, recon_features, weights)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(terms["pixels"], np.mean((target - reconstruction) ** 2), rtol=1e-5)
+    assert set(terms) == {"pixels", "projection", "layer4", "layer2"}
+
+    def total(target, features):
+        return losses.sage_generation_loss(target, args[1], features, args[3], weights)[0]
+
+    grad_target, grad_features = jax.grad(total, argnums=(0, 1))(args[0], args[2])
+    assert not np.any(grad_target) and not any(np.any(g) for g in jax.tree.leaves(grad_features))
+    # A level weighted 0 is neither computed nor needed.
+    value0, terms0 = losses.sage_generation_loss(
+        args[0], args[1], {}, {}, {"pixels": 0.1, "projection": 0.0}
+    )
+    np.testing.assert_allclose(value0, 0.1 * terms["pixels"], rtol=1e-6)
+    assert set(terms0) == {"pixels"}
