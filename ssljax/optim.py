@@ -123,4 +123,37 @@ def build_optimizer(
         tx = optax.adamw(schedule, weight_decay=opt.weight_decay, mask=adaptation_mask)
     else:
         raise UserError(f"optimizer.name={opt.name!r}: choose 'lars', 'sgd' or 'adamw'")
+    if opt.get("decoder") is not None:
+        tx = with_decoder_optimizer(
+            tx, decoder_optimizer(opt.decoder, batch_size, steps_per_epoch, total_steps)
+        )
     return tx, schedule
+
+
+def decoder_optimizer(
+    opt: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: int, total_steps: int
+) -> optax.GradientTransformation:
+    """SaGe's decoder optimiser (§4.1): Adam, LR = base_lr × B/256 (0.048 at B = 4096)
+    after a linear warm-up of `opt.warmup_epochs`, then constant; no weight decay."""
+    if opt.name != "adam":
+        raise UserError(f"optimizer.decoder.name={opt.name!r}: only 'adam' is supported")
+    peak = peak_learning_rate(opt.base_lr, batch_size)
+    warmup = min(int(round(opt.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+    schedule = optax.constant_schedule(peak)
+    if warmup > 0:
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, warmup), schedule], [warmup]
+        )
+    return optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+
+
+def with_decoder_optimizer(
+    tx: optax.GradientTransformation, decoder_tx: optax.GradientTransformation
+) -> optax.GradientTransformation:
+    """`decoder_tx` for the parameters under the top-level 'decoder', `tx` for the rest."""
+
+    def labels(params):
+        return {name: jax.tree.map(lambda _, n=name: "decoder" if n == "decoder" else "main", tree)
+                for name, tree in params.items()}
+
+    return optax.multi_transform({"main": tx, "decoder": decoder_tx}, labels)
