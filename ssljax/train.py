@@ -155,9 +155,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, mesh: Mesh | N
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run = setup(config, mesh)
-    save_config(config, workdir)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    frozen = run.method.load_frozen() if checkpointer.latest_step() is None else None
+    save_config(config, workdir)
     state = restore_or_init(run, checkpointer)
+    if frozen is not None:
+        state = state.replace(frozen=jax.device_put(frozen, run.replicated))
     start = int(jax.device_get(state.step))
     if start:
         print(f"resuming from step {start} in {workdir}", flush=True)

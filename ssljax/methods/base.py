@@ -110,6 +110,15 @@ class Method:
     def after_update(self, state: TrainState) -> TrainState:
         return state
 
+    def load_frozen(self) -> Any:
+        """Host values of `TrainState.frozen` for a fresh run (None: keep `init`'s).
+
+        Called once before a new run writes anything, so that a missing or mismatched
+        network (SaGe's evaluator) stops it with a message; never on resume, where the
+        run's own checkpoint holds the frozen values.
+        """
+        return None
+
     def schedules(self, step: jax.Array) -> dict[str, jax.Array]:
         """Per-step values of the method's own schedules, logged beside the LR."""
         return {}
