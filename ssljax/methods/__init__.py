@@ -41,6 +41,12 @@ def _detcon_b():
     return DetConB
 
 
+def _sage():
+    from ssljax.methods.sage import SaGe
+
+    return SaGe
+
+
 def _dino():
     from ssljax.methods.dino import Dino
 
@@ -55,6 +61,7 @@ METHODS = {
     "detcon_s": _detcon_s,
     "detcon_b": _detcon_b,
     "dino": _dino,
+    "sage": _sage,
 }
 
 

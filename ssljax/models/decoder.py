@@ -74,8 +74,13 @@ class Decoder(nn.Module):
         x = nn.relu(self.bn(name="stem_bn")(x, train=train))
         for i, width in enumerate(self.up_block_channels()):
             x = nn.ConvTranspose(
-                width, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
-                name=f"up{i}_deconv", **conv,
+                width,
+                (4, 4),
+                strides=(2, 2),
+                padding="SAME",
+                use_bias=False,
+                name=f"up{i}_deconv",
+                **conv,
             )(x)
             x = nn.relu(self.bn(name=f"up{i}_bn")(x, train=train))
         if x.shape[1] != self.image_size:

@@ -1,0 +1,296 @@
+"""SaGe (Tian et al. 2021): BYOL plus semantic-aware generation.
+
+Online: BYOL's encoder → projector → predictor, and a decoder (`ssljax.models.decoder`)
+from the encoder's final feature map back to the image. Target: BYOL's EMA of encoder and
+projector. Evaluator h_G: a frozen, label-free network — the encoder and projector of an
+ssljax checkpoint (`config.evaluator.checkpoint`), run in inference mode (running BN
+statistics). It lives in `TrainState.frozen`: outside `params`, so no optimiser, EMA or
+BN update touches it, and the loss stops its gradient.
+
+Per view v, reconstructed from its own encoding (§3.4): x̃ = D(f(v)) in [−1, 1], and
+L_G(v) = `losses.sage_generation_loss` between 2v − 1 and x̃ in pixels and between h_G(v)
+and h_G((x̃ + 1)/2) at the projection and at layer4, layer3, layer2 (weights in
+`config.generation`, reference 1/10, 1/10, 1/30 ×3). Total = L_BYOL + λ·Σ_v L_G(v),
+λ = `config.generation_weight`.
+
+λ scales what reaches the encoder; the decoder descends L_G itself. Its optimiser is Adam,
+whose step does not depend on the scale of the gradient (up to ε), so for λ > 0 this is
+the paper's objective; at λ = 0 the encoder's update is exactly BYOL's while the decoder
+still learns to invert BYOL's features, which makes the perceptual test measurable for
+BYOL. Optimisers (`ssljax.optim`): LARS for encoder and heads, Adam (constant after
+warm-up, no weight decay) for the decoder, via `config.optimizer.decoder`.
+
+`config.evaluator.checkpoint`: the --workdir of an ssljax run whose encoder and projector
+match `config.evaluator.model` and `.projector` (pre-train BYOL first), or 'random' for
+the paper's random-evaluator ablation (Table 6/7): the evaluator architecture at
+initialisation, with every BN scale 1 as PyTorch initialises it (ours start the last BN
+of each residual block at 0, which would make a random ResNet little more than its
+shortcuts). With every evaluator level weighted 0 (the pixel-MSE-only ablation) no
+evaluator is built and none is needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ssljax import losses
+from ssljax.errors import UserError
+from ssljax.methods.base import (
+    DATA_AXIS,
+    EmaTargetMethod,
+    SiameseNetwork,
+    apply_train,
+    build_encoder,
+    build_mlp,
+)
+from ssljax.models.decoder import Decoder
+from ssljax.models.norm import BatchNorm, parse_bn_group
+
+LEVELS = ("projection", "layer4", "layer3", "layer2")  # the evaluator's outputs L_G reads
+RANDOM_EVALUATOR = "random"
+
+
+def generation_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """{'pixels', *LEVELS: weight} from `config.generation`; negative weights are errors."""
+    weights = {name: float(config.generation[name]) for name in ("pixels", *LEVELS)}
+    negative = [name for name, w in weights.items() if w < 0]
+    if negative:
+        raise UserError(f"config.generation.{negative[0]} must be ≥ 0, got {weights[negative[0]]}")
+    return weights
+
+
+def build_evaluator(config: ml_collections.ConfigDict) -> SiameseNetwork:
+    """Encoder + projector of `config.evaluator.model` / `.projector`, for inference only."""
+    view = copy.deepcopy(config)
+    view.model = config.evaluator.model
+    encoder = build_encoder(view, bn_group="local", axis_name=None)
+    return SiameseNetwork(encoder, build_mlp(config.evaluator.projector, "local", axis_name=None))
+
+
+def with_unit_bn_scales(variables: Any) -> Any:
+    """Every BN scale set to 1 (PyTorch's initialisation), for the random evaluator."""
+
+    def unit(path, leaf):
+        is_scale = str(getattr(path[-1], "key", path[-1])) == "scale"
+        return jnp.ones_like(leaf) if is_scale else leaf
+
+    return {**variables, "params": jax.tree_util.tree_map_with_path(unit, variables["params"])}
+
+
+def how_to_make_an_evaluator(config: ml_collections.ConfigDict) -> str:
+    """The two-stage recipe, for error messages."""
+    preset = config.get("preset") or "imagenet"
+    workdir = config.evaluator.checkpoint or f"runs/byol_{preset}"
+    if workdir == RANDOM_EVALUATOR:
+        workdir = f"runs/byol_{preset}"
+    return (
+        f"pre-train BYOL first (python main.py --config=configs/byol.py:{preset} "
+        f"--workdir={workdir}), then pass --config.evaluator.checkpoint={workdir}; "
+        f"or --config.evaluator.checkpoint={RANDOM_EVALUATOR} for the random-evaluator ablation"
+    )
+
+
+def _architecture(model, projector) -> str:
+    stem = ", small stem" if model.get("small_stem") else ""
+    return (
+        f"{model.name} ×{model.width:g}{stem} with a {list(projector.hidden_dims)} → "
+        f"{projector.out_dim} projector"
+    )
+
+
+def load_evaluator(config: ml_collections.ConfigDict, evaluator: SiameseNetwork) -> Any:
+    """Host variables {'params', 'batch_stats': {'encoder', 'projector'}} of the run in
+    `config.evaluator.checkpoint` (its newest checkpoint, or `config.evaluator.step`).
+
+    A missing path, run or checkpoint, or a network other than `config.evaluator.model` /
+    `.projector`, is a UserError that says how to make a matching evaluator.
+    """
+    from etils.epath import Path
+
+    from ssljax import train
+    from ssljax.checkpoint import Checkpointer
+
+    spec = config.evaluator
+    expected = _architecture(spec.model, spec.projector)
+    if not spec.checkpoint:
+        raise UserError(
+            f"SaGe needs a frozen evaluator ({expected}) and config.evaluator.checkpoint is "
+            f"not set: {how_to_make_an_evaluator(config)}"
+        )
+    workdir = Path(spec.checkpoint)
+    if not (workdir / "config.json").exists():
+        raise UserError(
+            f"config.evaluator.checkpoint={workdir} is not the --workdir of a training run "
+            f"(no config.json): {how_to_make_an_evaluator(config)}"
+        )
+    source = train.load_config(workdir)
+    found = _architecture(source.model, source.projector)
+    keys = ("name", "width", "small_stem")
+    if any(source.model.get(k) != spec.model.get(k) for k in keys) or found != expected:
+        raise UserError(
+            f"the evaluator in {workdir} is a {found}, but config.evaluator asks for a "
+            f"{expected}; set config.evaluator.model/projector to match it, or "
+            f"{how_to_make_an_evaluator(config)}"
+        )
+    checkpointer = Checkpointer(workdir / "checkpoints", asynchronous=False)
+    if checkpointer.latest_step() is None:
+        raise UserError(
+            f"config.evaluator.checkpoint={workdir} has no checkpoint yet: "
+            f"{how_to_make_an_evaluator(config)}"
+        )
+    run = train.setup(source)
+    state = train.restore_or_init(run, checkpointer, step=spec.get("step"))
+    checkpointer.close()
+    parts = ("encoder", "projector")
+    variables = jax.device_get(
+        {
+            "params": {k: state.params[k] for k in parts},
+            "batch_stats": {k: state.batch_stats[k] for k in parts},
+        }
+    )
+    size = config.dataset.image_size
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: evaluator.init(jax.random.PRNGKey(0), images, train=False))
+    want = {p: s.shape for p, s in jax.tree_util.tree_leaves_with_path(shapes)}
+    got = {p: v.shape for p, v in jax.tree_util.tree_leaves_with_path(variables)}
+    if want != got:
+        path = next(p for p in {*want, *got} if want.get(p) != got.get(p))
+        raise UserError(
+            f"the evaluator in {workdir} does not fit config.evaluator: "
+            f"{jax.tree_util.keystr(path)} is {got.get(path)} there, {want.get(path)} here; "
+            f"{how_to_make_an_evaluator(config)}"
+        )
+    return variables
+
+
+class SaGe(EmaTargetMethod):
+    def __init__(self, config, total_steps):
+        super().__init__(config, total_steps)
+        encoder = build_encoder(config)
+        projector = build_mlp(config.projector, config.bn_group)
+        predictor = build_mlp(config.predictor, config.bn_group)
+        self.online = SiameseNetwork(encoder, projector, predictor)
+        self.target = SiameseNetwork(encoder, projector)
+        if config.generation_weight < 0:
+            raise UserError(f"generation_weight (λ) must be ≥ 0, got {config.generation_weight}")
+        self.weights = generation_weights(config)
+        size = config.dataset.image_size
+        bn = functools.partial(
+            BatchNorm,
+            group=parse_bn_group(config.bn_group),
+            axis_name=DATA_AXIS,
+            momentum=config.model.bn_momentum,
+        )
+        self.decoder = Decoder(
+            grid=encoder.feature_grid(size),
+            image_size=size,
+            bottleneck_dim=config.decoder.bottleneck_dim,
+            stem_channels=config.decoder.stem_channels,
+            channels=tuple(config.decoder.channels),
+            bn=bn,
+            dtype=jnp.dtype(config.model.dtype),
+        )
+        self.decoder.up_block_channels()  # a decoder too short for the image fails here
+        uses_evaluator = any(self.weights[level] for level in LEVELS)
+        self.evaluator = build_evaluator(config) if uses_evaluator else None
+
+    def init(self, rng, images):
+        fields = super().init(rng, images)
+        grid = self.decoder.grid
+        feature_map = jnp.zeros((images.shape[0], grid, grid, self.online.encoder.num_features))
+        decoder = self.decoder.init(jax.random.fold_in(rng, 1), feature_map, train=False)
+        fields["params"] = {**fields["params"], "decoder": decoder["params"]}
+        fields["batch_stats"] = {**fields["batch_stats"], "decoder": decoder["batch_stats"]}
+        if self.evaluator is not None:
+            evaluator = self.evaluator.init(jax.random.fold_in(rng, 2), images, train=False)
+            self._check_levels(evaluator, images)
+            fields["frozen"] = with_unit_bn_scales(evaluator)
+        return fields
+
+    def _check_levels(self, variables, images):
+        outputs = jax.eval_shape(lambda v: self.evaluator.apply(v, images, train=False), variables)
+        missing = [lvl for lvl in LEVELS if self.weights[lvl] and lvl not in outputs]
+        if missing:
+            raise UserError(
+                f"the evaluator ({self.config.evaluator.model.name}) has no {missing[0]!r} "
+                f"output; set config.generation.{missing[0]}=0 or use a ResNet evaluator"
+            )
+
+    def load_frozen(self):
+        """The evaluator's variables from `config.evaluator.checkpoint` (checked first)."""
+        if self.evaluator is None or self.config.evaluator.checkpoint == RANDOM_EVALUATOR:
+            return None
+        return load_evaluator(self.config, self.evaluator)
+
+    def evaluator_features(self, frozen, images):
+        """h_G's outputs on `images` in [0, 1], in inference mode, without gradient to h_G."""
+        return self.evaluator.apply(jax.lax.stop_gradient(frozen), images, train=False)
+
+    def reconstruct(self, params, stats, feature_map, train=True):
+        """D(f(v)): the decoder's image in [−1, 1] (and its updated BN statistics)."""
+        if train:
+            return apply_train(self.decoder, params["decoder"], stats["decoder"], feature_map)
+        variables = {"params": params["decoder"], "batch_stats": stats["decoder"]}
+        return self.decoder.apply(variables, feature_map, train=False), stats["decoder"]
+
+    def generation_loss(self, params, stats, frozen, view, feature_map):
+        """(L_G of one view, its unweighted terms, the decoder's BN statistics)."""
+        lam = self.config.generation_weight
+        # Forward: the feature map itself. Backward: λ × the decoder's gradient reaches f.
+        detached = jax.lax.stop_gradient(feature_map)
+        feature_map = detached + lam * (feature_map - detached)
+        reconstruction, decoder_stats = self.reconstruct(params, stats, feature_map)
+        features, reconstruction_features = {}, {}
+        if self.evaluator is not None:
+            shown = (reconstruction + 1) / 2
+            both = self.evaluator_features(frozen, jnp.concatenate([view, shown]))
+            b = view.shape[0]
+            for level in LEVELS:
+                if level in both:
+                    features[level], reconstruction_features[level] = jnp.split(both[level], [b])
+        value, terms = losses.sage_generation_loss(
+            2.0 * view - 1.0, reconstruction, features, reconstruction_features, self.weights
+        )
+        return value, terms, decoder_stats
+
+    def loss(self, params, state, batch, rng):
+        stats = state.batch_stats
+        online, generation, terms = {}, 0.0, {}
+        for v in ("view1", "view2"):
+            online[v], new_stats = apply_train(self.online, params, stats, batch[v])
+            stats = {**stats, **new_stats}
+            value, view_terms, decoder_stats = self.generation_loss(
+                params, stats, state.frozen, batch[v], online[v]["layer4"]
+            )
+            stats = {**stats, "decoder": decoder_stats}
+            generation = generation + value
+            for name, term in view_terms.items():
+                terms[f"generation_{name}"] = terms.get(f"generation_{name}", 0.0) + term / 2
+        target_stats = state.target_batch_stats
+        target1, target_stats = apply_train(
+            self.target, state.target_params, target_stats, batch["view1"]
+        )
+        target2, target_stats = apply_train(
+            self.target, state.target_params, target_stats, batch["view2"]
+        )
+        byol = losses.byol_loss(
+            online["view1"]["prediction"],
+            online["view2"]["prediction"],
+            target1["projection"],
+            target2["projection"],
+        )
+        lam = self.config.generation_weight
+        # Value L_BYOL + λ·L_G; gradient: the decoder gets all of L_G's, the encoder λ of it.
+        loss = byol + generation + (lam - 1.0) * jax.lax.stop_gradient(generation)
+        aux = {
+            "updates": {"batch_stats": stats, "target_batch_stats": target_stats},
+            "features": online["view1"]["pooled"],
+            "metrics": {"loss_byol": byol, "loss_generation": generation, **terms},
+        }
+        return loss, aux

@@ -1,0 +1,233 @@
+"""SaGe: decoder, evaluator, generation loss, optimisers, the two-stage run, perceptual test.
+
+The two-stage tests train `configs/byol.py:smoke` (the evaluator) and then
+`configs/sage.py:smoke` with it, on ResNets cut to one block a stage to keep the
+compilation short; the decoder, heads, evaluator loading and engine are the real ones.
+"""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from ssljax import configlib, engine, train
+from ssljax.checkpoint import Checkpointer
+from ssljax.errors import UserError
+from ssljax.methods import base, byol, get_method, sage
+from ssljax.methods.sage import SaGe
+from ssljax.models.decoder import Decoder, num_up_blocks
+from ssljax.optim import build_optimizer
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+ONE_BLOCK_A_STAGE = (1, 1, 1, 1)
+
+
+def _config(preset="smoke", **evaluator):
+    config = configlib.load(str(CONFIGS / f"sage.py:{preset}"))
+    for key, value in evaluator.items():
+        config.evaluator[key] = value
+    return config
+
+
+def _short_encoder(config, bn_group=None, axis_name=base.DATA_AXIS):
+    return base.build_encoder(config, bn_group, axis_name).clone(stage_sizes=ONE_BLOCK_A_STAGE)
+
+
+@pytest.fixture(scope="module")
+def short_resnets():
+    """Every backbone a method, the evaluator or the perceptual classifier builds is short."""
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (byol, sage):
+            patch.setattr(module, "build_encoder", _short_encoder)
+        original = base.build_encoder
+        patch.setattr(
+            base,
+            "build_encoder",
+            lambda *a, **k: original(*a, **k).clone(stage_sizes=ONE_BLOCK_A_STAGE),
+        )
+        yield
+
+
+def test_registered_and_presets_hold_the_papers_values():
+    assert get_method("sage") is SaGe
+    imagenet = _config("imagenet")
+    assert imagenet.generation_weight == 1.0
+    assert imagenet.generation.to_dict() == pytest.approx(
+        {"pixels": 0.1, "projection": 0.1, "layer4": 1 / 30, "layer3": 1 / 30, "layer2": 1 / 30}
+    )
+    assert imagenet.batch_size == 4096 and imagenet.optimizer.name == "lars"
+    assert imagenet.optimizer.base_lr * 4096 / 256 == pytest.approx(4.8)
+    decoder = imagenet.optimizer.decoder
+    assert decoder.name == "adam" and decoder.base_lr * 4096 / 256 == pytest.approx(0.048)
+    assert tuple(imagenet.decoder.channels) == (512, 256, 128, 64, 32)
+    assert imagenet.evaluator.model.name == "resnet50" and imagenet.evaluator.checkpoint is None
+    fashion = _config("fashion_mnist")
+    byol_fashion = configlib.load(str(CONFIGS / "byol.py:fashion_mnist"))
+    assert fashion.evaluator.model.to_dict() == byol_fashion.model.to_dict()
+    assert fashion.evaluator.projector.to_dict() == byol_fashion.projector.to_dict()
+    assert "configs/byol.py:fashion_mnist" in configlib.load_module(CONFIGS / "sage.py").__doc__
+
+
+@pytest.mark.parametrize("grid,size,blocks", [(7, 224, 5), (4, 32, 3), (4, 28, 3), (2, 16, 3)])
+def test_decoder_output_has_the_image_shape_and_lies_in_minus_one_to_one(grid, size, blocks):
+    assert num_up_blocks(grid, size) == blocks
+    decoder = Decoder(grid, size, 32, 16, (32, 16, 16, 8, 8), dtype=jnp.float32)
+    features = jnp.asarray(np.random.default_rng(0).normal(size=(2, grid, grid, 24)) * 100)
+    if size == 224:  # traced only
+        out = jax.eval_shape(
+            lambda: decoder.init_with_output(jax.random.PRNGKey(0), features, train=False)[0]
+        )
+        assert out.shape == (2, 224, 224, 3)
+        return
+    out, _ = decoder.init_with_output(jax.random.PRNGKey(0), features, train=False)
+    assert out.shape == (2, size, size, 3) and out.dtype == jnp.float32
+    assert float(jnp.min(out)) >= -1.0 and float(jnp.max(out)) <= 1.0
+    assert float(jnp.max(jnp.abs(out))) > 0.99  # large features saturate the tanh
+    with pytest.raises(UserError, match="up-blocks"):
+        Decoder(grid, size, channels=(8, 8)).up_block_channels()
+
+
+def test_decoder_parameters_are_updated_by_adam_and_the_rest_by_lars():
+    config = _config()
+    config.optimizer.warmup_epochs = config.optimizer.decoder.warmup_epochs = 0.0
+    rng = np.random.default_rng(0)
+
+    def tree(*shapes):
+        return {f"p{i}": rng.normal(size=s).astype(np.float32) for i, s in enumerate(shapes)}
+
+    params = {
+        "encoder": tree((3, 3, 2, 4), (4,)),
+        "projector": tree((4, 8)),
+        "probe": tree((4, 10)),
+        "decoder": tree((2, 2, 4, 8), (8,)),
+    }
+    grads = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+    tx, _ = build_optimizer(config.optimizer, config.batch_size, 10, 100)
+    updates, _ = tx.update(grads, tx.init(params), params)
+
+    lars_config = config.optimizer.copy_and_resolve_references()
+    lars_config.decoder = None
+    lars, _ = build_optimizer(lars_config, config.batch_size, 10, 100)
+    rest = {k: v for k, v in params.items() if k != "decoder"}
+    lars_updates, _ = lars.update({k: grads[k] for k in rest}, lars.init(rest), rest)
+    lr = config.optimizer.decoder.base_lr * config.batch_size / 256
+    adam = optax.adam(lr)
+    adam_updates, _ = adam.update(grads["decoder"], adam.init(params["decoder"]))
+    for name in rest:
+        jax.tree.map(np.testing.assert_array_equal, updates[name], lars_updates[name])
+    jax.tree.map(np.testing.assert_allclose, updates["decoder"], adam_updates)
+    # Adam's first step is ±lr on every leaf; LARS would give something else.
+    assert np.allclose(np.abs(updates["decoder"]["p0"]), lr, rtol=1e-4)
+
+
+def test_evaluator_gets_no_gradient_and_lives_outside_the_optimised_params():
+    config = _config(checkpoint="random")
+    config.bn_group = "local"  # method.loss runs outside the sharded step here
+    config.dataset.image_size = 16
+    method = SaGe(config, 10)
+    short = method.online.encoder.clone(stage_sizes=ONE_BLOCK_A_STAGE)
+    method.online = method.online.clone(encoder=short)
+    method.target = method.target.clone(encoder=short)
+    method.evaluator = method.evaluator.clone(
+        encoder=method.evaluator.encoder.clone(stage_sizes=ONE_BLOCK_A_STAGE)
+    )
+    rng = np.random.default_rng(0)
+    batch = {v: rng.uniform(size=(4, 16, 16, 3)).astype(np.float32) for v in ("view1", "view2")}
+    fields = jax.jit(method.init)(jax.random.PRNGKey(0), batch["view1"])
+    assert set(fields["params"]) == {"encoder", "projector", "predictor", "decoder"}
+    # The random evaluator has PyTorch's BN scales of 1, not our zero-initialised ones.
+    scales = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(fields["frozen"])
+        if "scale" in jax.tree_util.keystr(path)
+    ]
+    assert scales and all(np.all(s == 1) for s in scales)
+    state = engine.TrainState(step=np.int32(0), opt_state=None, **fields)
+
+    @jax.jit
+    def gradients(params, frozen):
+        def loss(params, frozen):
+            value, aux = method.loss(params, state.replace(frozen=frozen), batch, None)
+            return value, aux["metrics"]
+
+        return jax.grad(loss, argnums=(0, 1), has_aux=True)(params, frozen)
+
+    (param_grads, frozen_grads), metrics = gradients(fields["params"], fields["frozen"])
+    assert all(not np.any(g) for g in jax.tree.leaves(frozen_grads))
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(param_grads))
+    assert np.any(jax.tree.leaves(param_grads["decoder"])[0])
+    assert float(metrics["generation_layer2"]) > 0 and float(metrics["loss_generation"]) > 0
+
+
+def test_missing_evaluator_stops_the_run_before_anything_is_written(tmp_path):
+    for checkpoint, message in ((None, "not set"), (str(tmp_path / "nowhere"), "no config.json")):
+        workdir = tmp_path / f"run_{checkpoint is None}"
+        with pytest.raises(UserError, match=message) as error:
+            train.train(_config(checkpoint=checkpoint), workdir)
+        assert "pre-train BYOL first" in str(error.value)
+        assert "configs/byol.py:smoke" in str(error.value)
+        assert not (workdir / "config.json").exists()
+    config = _config(checkpoint=None)
+    config.generation.projection = config.generation.layer4 = 0.0
+    config.generation.layer3 = config.generation.layer2 = 0.0
+    assert SaGe(config, 10).evaluator is None  # pixel-MSE only: no evaluator to load
+
+
+@pytest.fixture(scope="module")
+def two_stage(short_resnets, tmp_path_factory):
+    """BYOL smoke (the evaluator), then SaGe smoke with λ = 0 on it: same seed, data, steps."""
+    root = tmp_path_factory.mktemp("sage")
+    byol_state = jax.device_get(
+        train.train(configlib.load(str(CONFIGS / "byol.py:smoke")), root / "byol")
+    )
+    config = _config(checkpoint=str(root / "byol"))
+    config.generation_weight = 0.0
+    sage_state = jax.device_get(train.train(config, root / "sage"))
+    return root, byol_state, sage_state
+
+
+def test_evaluator_is_bit_identical_to_its_checkpoint_after_training_steps(two_stage):
+    _, byol_state, sage_state = two_stage
+    assert int(sage_state.step) == 6
+    parts = ("encoder", "projector")
+    loaded = {
+        "params": {k: byol_state.params[k] for k in parts},
+        "batch_stats": {k: byol_state.batch_stats[k] for k in parts},
+    }
+    jax.tree.map(np.testing.assert_array_equal, sage_state.frozen, loaded)
+
+
+def test_with_lambda_zero_the_encoder_update_equals_byols(two_stage):
+    root, byol_state, sage_state = two_stage
+    for field in ("params", "batch_stats", "target_params", "target_batch_stats"):
+        ours, theirs = getattr(sage_state, field), getattr(byol_state, field)
+        for name in theirs:
+            jax.tree.map(
+                lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                ours[name],
+                theirs[name],
+            )
+    # ... while the decoder keeps learning to invert BYOL's features: steps 4-6 move it.
+    run = train.setup(train.load_config(root / "sage"))
+    checkpointer = Checkpointer(root / "sage" / "checkpoints", asynchronous=False)
+    earlier = jax.device_get(train.restore_or_init(run, checkpointer, step=3)).params["decoder"]
+    moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), sage_state.params["decoder"], earlier)
+    assert all(jax.tree.leaves(moved))
+
+
+def test_evaluator_of_another_architecture_stops_the_run(two_stage, tmp_path):
+    root, _, _ = two_stage
+    config = _config(checkpoint=str(root / "byol"))
+    config.evaluator.model.width = 0.125
+    with pytest.raises(UserError, match="asks for a resnet18 ×0.125") as error:
+        train.train(config, tmp_path / "run")
+    assert "pre-train BYOL first" in str(error.value)
+    assert not (tmp_path / "run" / "config.json").exists()
+    # Same config fields, other shapes (two blocks a stage here): caught by the shape check.
+    config = _config(checkpoint=str(root / "byol"))
+    evaluator = sage.build_evaluator(config)
+    evaluator = evaluator.clone(encoder=evaluator.encoder.clone(stage_sizes=(2, 2, 2, 2)))
+    with pytest.raises(UserError, match="does not fit config.evaluator"):
+        sage.load_evaluator(config, evaluator)
