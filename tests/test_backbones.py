@@ -278,3 +278,18 @@ def test_one_byol_step_with_vit_tiny_and_adamw_runs_through_the_engine():
     ]
     assert len(adam) == 1 and int(adam[0].count) == 1
     assert state.params["encoder"]["pos_embedding"].shape == (1 + 8 * 8, 48)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "vit_tiny"])
+def test_bfloat16_backbones_keep_float32_parameters_and_pooled_features(name):
+    config = configlib.load(str(CONFIGS / "byol.py:smoke"))
+    config.model.name = name
+    config.model.dtype = "bfloat16"
+    config.model.patch_size = 4
+    encoder = build_encoder(config)
+    images = jnp.zeros((2, 32, 32, 3))
+    out, variables = jax.eval_shape(
+        lambda: encoder.init_with_output(jax.random.PRNGKey(0), images, train=False)
+    )
+    assert out["layer4"].dtype == jnp.bfloat16 and out["pooled"].dtype == jnp.float32
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype("float32")}
