@@ -53,6 +53,12 @@ def _dino():
     return Dino
 
 
+def _swav():
+    from ssljax.methods.swav import SwAV
+
+    return SwAV
+
+
 METHODS = {
     "byol": _byol,
     "m2_teacher": _m2_teacher,
@@ -62,6 +68,7 @@ METHODS = {
     "detcon_b": _detcon_b,
     "dino": _dino,
     "sage": _sage,
+    "swav": _swav,
 }
 
 

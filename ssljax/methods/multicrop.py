@@ -47,8 +47,9 @@ def apply_crops(
     per_crop_bn: bool,
     keys: Sequence[str],
 ) -> tuple[dict[str, jax.Array], Any]:
-    """The outputs named `keys` of `module` on crops [N, b, H, W, 3], as [N, b, …], and
-    the updated running statistics (with per-crop BN: the mean of the N crops' updates)."""
+    """The outputs named `keys` of `module` on crops [N, b, H, W, 3], as [N, b, …] (each
+    leaf of a dict output), and the updated running statistics (with per-crop BN: the
+    mean of the N crops' updates)."""
     if per_crop_bn:
 
         def one_crop(images):
@@ -59,7 +60,8 @@ def apply_crops(
         return outputs, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
     num, batch = crops.shape[:2]
     outputs, stats = _apply(module, params, batch_stats, crops.reshape((-1,) + crops.shape[2:]))
-    return {k: outputs[k].reshape((num, batch) + outputs[k].shape[1:]) for k in keys}, stats
+    outputs = {k: outputs[k] for k in keys}
+    return jax.tree.map(lambda x: x.reshape((num, batch) + x.shape[1:]), outputs), stats
 
 
 def apply_all_crops(
@@ -77,7 +79,9 @@ def apply_all_crops(
     local_out, stats = apply_crops(
         module, params, stats, crops_first(batch["local"]), per_crop_bn, keys
     )
-    return {k: jnp.concatenate([global_out[k], local_out[k]], axis=0) for k in keys}, stats
+    return jax.tree.map(
+        lambda g, loc: jnp.concatenate([g, loc], axis=0), global_out, local_out
+    ), stats
 
 
 def freeze_params(params: Any, top: str, name: str, frozen: jax.Array) -> Any:
