@@ -59,6 +59,12 @@ def _swav():
     return SwAV
 
 
+def _mocov2_star():
+    from ssljax.methods.mocov2_star import MoCoV2Star
+
+    return MoCoV2Star
+
+
 METHODS = {
     "byol": _byol,
     "m2_teacher": _m2_teacher,
@@ -69,6 +75,7 @@ METHODS = {
     "dino": _dino,
     "sage": _sage,
     "swav": _swav,
+    "mocov2_star": _mocov2_star,
 }
 
 
