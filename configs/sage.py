@@ -22,7 +22,8 @@ Presets:
 - `fashion_mnist`: configs/byol.py's CPU run (ResNet-18 × 1/8, 32 px, B 128, 3 epochs),
   decoder 4×4 → 1×1×128 → 4×4×64 → up-blocks 64, 32, 16 → 32×32×3; evaluator the same
   network trained by `configs/byol.py:fashion_mnist` (the two stages above).
-- `smoke`: a few steps of a tiny network, for tests (evaluator: `configs/byol.py:smoke`).
+- `smoke`: a few steps of a tiny network, for tests and the CLI check; its evaluator is
+  'random' so that it runs on its own (tests pass a `configs/byol.py:smoke` run instead).
 
 Fields beyond `configlib.base_config()`:
 - `generation_weight`: λ in L_BYOL + λ·L_G (SPEC.md: 1; the paper's appendix says 0.1).
@@ -84,7 +85,9 @@ def fashion_mnist(config):
 
 
 def smoke(config):
+    """Runs on its own with the random evaluator; tests load a `byol.py:smoke` run instead."""
     configlib.smoke(config)
+    config.evaluator.checkpoint = "random"
     config.decoder.bottleneck_dim = 32
     config.decoder.stem_channels = 16
     config.decoder.channels = (16, 8, 8)

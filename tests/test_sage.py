@@ -5,6 +5,8 @@ The two-stage tests train `configs/byol.py:smoke` (the evaluator) and then
 compilation short; the decoder, heads, evaluator loading and engine are the real ones.
 """
 
+import argparse
+import json
 from pathlib import Path
 
 import jax
@@ -12,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from ssljax import configlib, engine, train
+import tensorflow as tf
+
+from ssljax import configlib, train
 from ssljax.checkpoint import Checkpointer
 from ssljax.errors import UserError
 from ssljax.methods import base, byol, get_method, sage
@@ -81,7 +85,8 @@ def test_decoder_output_has_the_image_shape_and_lies_in_minus_one_to_one(grid, s
         )
         assert out.shape == (2, 224, 224, 3)
         return
-    out, _ = decoder.init_with_output(jax.random.PRNGKey(0), features, train=False)
+    init = jax.jit(lambda f: decoder.init_with_output(jax.random.PRNGKey(0), f, train=False))
+    out, _ = init(features)
     assert out.shape == (2, size, size, 3) and out.dtype == jnp.float32
     assert float(jnp.min(out)) >= -1.0 and float(jnp.max(out)) <= 1.0
     assert float(jnp.max(jnp.abs(out))) > 0.99  # large features saturate the tanh
@@ -144,21 +149,24 @@ def test_evaluator_gets_no_gradient_and_lives_outside_the_optimised_params():
         if "scale" in jax.tree_util.keystr(path)
     ]
     assert scales and all(np.all(s == 1) for s in scales)
-    state = engine.TrainState(step=np.int32(0), opt_state=None, **fields)
+    feature_map = rng.normal(size=(4, 2, 2, method.online.encoder.num_features))
 
     @jax.jit
     def gradients(params, frozen):
-        def loss(params, frozen):
-            value, aux = method.loss(params, state.replace(frozen=frozen), batch, None)
-            return value, aux["metrics"]
+        def generation(params, frozen):
+            stats = fields["batch_stats"]
+            value, terms, _ = method.generation_loss(
+                params, stats, frozen, batch["view1"], feature_map.astype(np.float32)
+            )
+            return value, terms
 
-        return jax.grad(loss, argnums=(0, 1), has_aux=True)(params, frozen)
+        return jax.grad(generation, argnums=(0, 1), has_aux=True)(params, frozen)
 
-    (param_grads, frozen_grads), metrics = gradients(fields["params"], fields["frozen"])
+    (param_grads, frozen_grads), terms = gradients(fields["params"], fields["frozen"])
     assert all(not np.any(g) for g in jax.tree.leaves(frozen_grads))
-    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(param_grads))
-    assert np.any(jax.tree.leaves(param_grads["decoder"])[0])
-    assert float(metrics["generation_layer2"]) > 0 and float(metrics["loss_generation"]) > 0
+    assert all(np.any(g) for g in jax.tree.leaves(param_grads["decoder"]["out_conv"]))
+    assert set(terms) == {"pixels", "projection", "layer4", "layer3", "layer2"}
+    assert all(float(t) > 0 for t in terms.values())
 
 
 def test_missing_evaluator_stops_the_run_before_anything_is_written(tmp_path):
@@ -231,3 +239,41 @@ def test_evaluator_of_another_architecture_stops_the_run(two_stage, tmp_path):
     evaluator = evaluator.clone(encoder=evaluator.encoder.clone(stage_sizes=(2, 2, 2, 2)))
     with pytest.raises(UserError, match="does not fit config.evaluator"):
         sage.load_evaluator(config, evaluator)
+
+
+def test_perceptual_command_reports_both_accuracies_and_saves_a_grid(two_stage, capsys):
+    from ssljax.eval import __main__ as cli
+    from ssljax.eval import perceptual
+
+    root, _, _ = two_stage
+    workdir, classifier = root / "sage", root / "classifier"
+    flags = [
+        "perceptual",
+        f"--workdir={workdir}",
+        "--split=test[:40]",
+        "--classifier-split=train[:64]",
+        "--classifier-epochs=1",
+        "--classifier-batch-size=32",
+        "--grid-images=8",
+        f"--classifier-dir={classifier}",
+    ]
+    args = cli.parse_args(flags)
+    result = perceptual.run(args)
+    assert result["accuracy"] == "top1" and result["num_images"] == 40
+    assert 0 <= result["original"] <= 1 and 0 <= result["reconstruction"] <= 1
+    assert result["classifier"]["trained_now"] and result["checkpoint"] == 6
+    assert 0 < result["reconstruction_mse"] < 4
+    assert json.loads((workdir / "eval" / "perceptual.json").read_text()) == result
+    png = tf.io.decode_png((workdir / "eval" / "perceptual.png").read_bytes()).numpy()
+    assert png.shape == (2 * 66 + 2, 8 * 66 + 2, 3)  # 8 pairs of 32-px images ×2, gaps of 2
+    grid = np.load(workdir / "eval" / "perceptual_grid.npz")
+    assert grid["originals"].shape == grid["reconstructions"].shape == (8, 32, 32, 3)
+
+    cli.main(flags)  # the command line: one JSON line; the cached classifier is reused
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    again = json.loads(line)
+    assert not again["classifier"]["trained_now"]
+    assert again["original"] == result["original"]
+    assert again["reconstruction"] == result["reconstruction"]
+    with pytest.raises(UserError, match="holds a classifier"):
+        perceptual.run(argparse.Namespace(**{**vars(args), "classifier_epochs": 2}))
