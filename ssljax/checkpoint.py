@@ -1,7 +1,13 @@
-"""Orbax checkpoints of the TrainState: periodic, keep the newest N, resume from the last."""
+"""Orbax checkpoints of the TrainState: periodic, keep the newest N, resume from the last.
+
+A checkpoint is the TrainState's fields by name. A field added to TrainState later (a new
+method's state) is absent from older checkpoints; it restores as None when the run does
+not use it, so adding a method never orphans existing runs.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -9,6 +15,7 @@ import orbax.checkpoint as ocp
 from etils.epath import Path
 from jax.sharding import NamedSharding
 
+from ssljax.errors import UserError
 from ssljax.train_state import TrainState
 
 
@@ -19,7 +26,11 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous
         )
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        self.manager = ocp.CheckpointManager(
+            Path(directory).absolute(),
+            options=options,
+            item_handlers=ocp.StandardCheckpointHandler(),
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -31,16 +42,29 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
     def restore(
-        self, init: Callable[[jax.Array], TrainState], rng: jax.Array, sharding: NamedSharding,
+        self,
+        init: Callable[[jax.Array], TrainState],
+        rng: jax.Array,
+        sharding: NamedSharding,
         step: int | None = None,
     ) -> TrainState:
         """The state saved at `step` (the latest by default), laid out like `init(rng)`."""
         step = self.latest_step() if step is None else step
-        abstract = jax.tree_util.tree_map(
+        expected = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
             jax.eval_shape(init, rng),
         )
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        saved = set(self.manager.item_metadata(step).tree)
+        fields = {f.name: getattr(expected, f.name) for f in dataclasses.fields(expected)}
+        missing = sorted(name for name, value in fields.items() if name not in saved)
+        if any(fields[name] is not None for name in missing):
+            raise UserError(
+                f"the checkpoint at step {step} has no {', '.join(missing)}, which this "
+                "run's method needs: it was written by a different method or ssljax version"
+            )
+        abstract = {name: value for name, value in fields.items() if name in saved}
+        restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return TrainState(**restored)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

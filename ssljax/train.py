@@ -82,8 +82,9 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     num_classes = info.num_classes if config.online_probe else None
     size = config.dataset.image_size
     init = engine.make_init(method, tx, mesh, (size, size, 3), num_classes)
-    return Run(config, mesh, info, method, tx, schedule, steps_per_epoch, total_steps,
-               num_classes, init)
+    return Run(
+        config, mesh, info, method, tx, schedule, steps_per_epoch, total_steps, num_classes, init
+    )
 
 
 # Fields that control one invocation, not the experiment: a resumed run may change them.
@@ -96,18 +97,39 @@ def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if path.exists():
-        saved, current = json.loads(path.read_text()), json.loads(text)
-        for name in RUN_CONTROL_FIELDS:
-            saved.pop(name, None)
-            current.pop(name, None)
-        if saved != current:
+        differences = config_differences(json.loads(path.read_text()), json.loads(text))
+        if differences:
             raise UserError(
-                f"{workdir} holds a run with a different config ({path}); resume it with the "
-                "same config or choose a new --workdir"
+                f"{workdir} holds a run with a different config ({path}: "
+                f"{'; '.join(differences[:5])}); resume it with the same config or choose a "
+                "new --workdir"
             )
         return
     if jax.process_index() == 0:
         path.write_text(text + "\n")
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """What keeps `current` from resuming a run saved with `saved`, as 'field: a → b'.
+
+    `RUN_CONTROL_FIELDS` may change. A field absent from `saved` was added to ssljax after
+    the run started; its default keeps the old behaviour (a rule for new fields), so it
+    does not count.
+    """
+    control = RUN_CONTROL_FIELDS if not prefix else ()
+    differences = []
+    for name, value in current.items():
+        field = prefix + name
+        if name in control or name not in saved:
+            continue
+        if isinstance(value, dict) and isinstance(saved[name], dict):
+            differences += config_differences(saved[name], value, field + ".")
+        elif saved[name] != value:
+            differences.append(f"{field}: {saved[name]!r} → {value!r}")
+    differences += [
+        f"{prefix}{name}: removed" for name in saved if name not in current and name not in control
+    ]
+    return differences
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
@@ -140,8 +162,12 @@ def _out_of_time(deadline: float | None, step: int, every: int) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.array(time.monotonic() >= deadline)))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, mesh: Mesh | None = None,
-          stop_at: int | None = None) -> TrainState:
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    mesh: Mesh | None = None,
+    stop_at: int | None = None,
+) -> TrainState:
     """Pre-train, resuming from the newest checkpoint in `workdir` if there is one.
 
     `stop_at` ends the run early (after saving) as if it had been interrupted: tests use it
@@ -166,11 +192,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, mesh: Mesh | N
         print(f"resuming from step {start} in {workdir}", flush=True)
     end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     _, step_rng = run.rngs()
-    train_step = engine.make_train_step(run.method, run.tx, run.schedule, run.mesh,
-                                        run.num_classes)
+    train_step = engine.make_train_step(run.method, run.tx, run.schedule, run.mesh, run.num_classes)
     batches = pipeline.train_batches(config, start_step=start)
-    logger = MetricsLogger(workdir, run.total_steps, run.steps_per_epoch, config.batch_size,
-                           start_step=start)
+    logger = MetricsLogger(
+        workdir, run.total_steps, run.steps_per_epoch, config.batch_size, start_step=start
+    )
     for step in range(start + 1, end + 1):
         state, metrics = train_step(state, engine.global_batch(next(batches), run.mesh), step_rng)
         out_of_time = _out_of_time(deadline, step, config.log_every_steps)
@@ -183,8 +209,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, mesh: Mesh | N
         if out_of_time:
             end = step
             if jax.process_index() == 0:
-                print(f"stopped at step {step} of {run.total_steps}: max_train_seconds="
-                      f"{budget:g} reached (run again to resume)", flush=True)
+                print(
+                    f"stopped at step {step} of {run.total_steps}: max_train_seconds="
+                    f"{budget:g} reached (run again to resume)",
+                    flush=True,
+                )
             break
     checkpointer.wait()
     checkpointer.close()

@@ -51,8 +51,20 @@ def test_resuming_with_another_config_is_refused(config, tmp_path):
     train.train(config, tmp_path / "run", stop_at=1)
     other = config.copy_and_resolve_references()
     other.optimizer.base_lr = 1.0
-    with pytest.raises(UserError, match="different config"):
+    with pytest.raises(UserError, match="different config.*optimizer.base_lr: .* → 1.0"):
         train.train(other, tmp_path / "run")
+
+
+def test_only_fields_added_to_ssljax_since_and_run_control_fields_may_differ_on_resume():
+    saved = {"seed": 0, "model": {"name": "resnet18"}, "max_train_seconds": 0}
+    newer = {**saved, "model": {"name": "resnet18", "patch_size": 16}, "max_train_seconds": 60}
+    assert train.config_differences(saved, newer) == []
+    changed = {"seed": 1, "model": {"name": "resnet50"}}
+    assert train.config_differences(saved, changed) == [
+        "seed: 0 → 1",
+        "model.name: 'resnet18' → 'resnet50'",
+    ]
+    assert train.config_differences({**saved, "old": 1}, saved) == ["old: removed"]
 
 
 def test_a_time_budget_stops_with_a_checkpoint_and_running_again_resumes(config, tmp_path):
