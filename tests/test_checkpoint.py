@@ -1,0 +1,57 @@
+"""Checkpoints written before a TrainState field existed still restore."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ssljax.checkpoint import Checkpointer
+from ssljax.errors import UserError
+from ssljax.train_state import TrainState
+
+
+def _state(center=None):
+    return TrainState(
+        step=jnp.asarray(3, jnp.int32),
+        params={"w": jnp.arange(4.0)},
+        batch_stats={"mean": jnp.ones(2)},
+        opt_state=(jnp.zeros(4),),
+        center=center,
+    )
+
+
+def _save_without(directory, missing):
+    """What an older ssljax wrote: the fields of its TrainState, `missing` not among them."""
+    state = _state()
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    checkpointer = Checkpointer(directory, asynchronous=False)
+    older = {name: value for name, value in fields.items() if name != missing}
+    checkpointer.manager.save(3, args=ocp.args.StandardSave(older))
+    checkpointer.wait()
+    return state
+
+
+def _replicated():
+    return NamedSharding(Mesh(np.array(jax.devices()[:1]), ("data",)), PartitionSpec())
+
+
+def test_a_field_added_since_restores_as_none_when_the_run_does_not_use_it(tmp_path):
+    saved = _save_without(tmp_path / "ckpt", missing="center")
+    restored = Checkpointer(tmp_path / "ckpt").restore(
+        lambda rng: _state(), jax.random.key(0), _replicated()
+    )
+    assert restored.center is None and int(restored.step) == 3
+    np.testing.assert_array_equal(restored.params["w"], saved.params["w"])
+    np.testing.assert_array_equal(restored.opt_state[0], saved.opt_state[0])
+
+
+def test_a_missing_field_the_run_needs_is_a_user_error(tmp_path):
+    _save_without(tmp_path / "ckpt", missing="center")
+    with pytest.raises(UserError, match="step 3 has no center"):
+        Checkpointer(tmp_path / "ckpt").restore(
+            lambda rng: _state(center=jnp.zeros(8)), jax.random.key(0), _replicated()
+        )
