@@ -1,1 +1,1 @@
-"""Evaluation of pre-trained encoders: `python -m ssljax.eval {knn} --workdir=DIR`."""
+"""Evaluation of pre-trained encoders: `python -m ssljax.eval {knn,linear,semi,perceptual}`."""

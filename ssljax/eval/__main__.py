@@ -52,8 +52,11 @@ def _perceptual_module(parser: argparse.ArgumentParser):
     except ModuleNotFoundError as e:
         if e.name != "ssljax.eval.perceptual":
             parser.exit(2, f"error: the perceptual test needs {e.name}: {e}\n")
-        parser.exit(2, "error: the perceptual test is not available in this version "
-                       "(ssljax/eval/perceptual.py is missing)\n")  # fmt: skip
+        parser.exit(
+            2,
+            "error: the perceptual test is not available in this version "
+            "(ssljax/eval/perceptual.py is missing)\n",
+        )
 
 
 def parse_args(argv=None) -> argparse.Namespace:

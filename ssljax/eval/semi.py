@@ -37,9 +37,16 @@ from ssljax.methods.base import DATA_AXIS
 from ssljax.models.heads import LinearClassifier
 
 FINETUNE_VIEW = augment.AugmentPreset(
-    s_min=0.08, p_jit=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, p_gray=0.0,
-    p_blur=(0.0, 0.0), p_solarize=(0.0, 0.0),
-)  # fmt: skip
+    s_min=0.08,
+    p_jit=0.0,
+    brightness=0.0,
+    contrast=0.0,
+    saturation=0.0,
+    hue=0.0,
+    p_gray=0.0,
+    p_blur=(0.0, 0.0),
+    p_solarize=(0.0, 0.0),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,8 +211,13 @@ def finetune(run: train.Run, variables: Any, subset: np.ndarray, recipe: Recipe,
     from tqdm import tqdm
 
     losses = []
-    for _ in tqdm(range(total_steps), desc="fine-tuning", unit="step", mininterval=5.0,
-                  disable=jax.process_index() != 0):  # fmt: skip
+    for _ in tqdm(
+        range(total_steps),
+        desc="fine-tuning",
+        unit="step",
+        mininterval=5.0,
+        disable=jax.process_index() != 0,
+    ):
         state, loss = step(state, engine.global_batch(next(batches), run.mesh))
         losses.append(loss)
     last_epoch = float(np.mean(jax.device_get(losses[-steps_per_epoch:])))
@@ -255,6 +267,7 @@ def evaluate(
     if kind == "trained":
         result["checkpoint"] = feats.checkpoint_step(workdir, checkpoint)
     base = f"semi_{fraction * 100:g}pct".replace(".", "p")
-    results.write_result(workdir, results.result_name(workdir, base, dataset, kind, checkpoint),
-                         result)  # fmt: skip
+    results.write_result(
+        workdir, results.result_name(workdir, base, dataset, kind, checkpoint), result
+    )
     return result
