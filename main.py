@@ -16,7 +16,9 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with a preset: configs/byol.py:fashion_mnist",
+    "config",
+    None,
+    "Config file, optionally with a preset: configs/byol.py:fashion_mnist",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
@@ -38,8 +40,11 @@ def parse_flags(argv):
             message = str(e)
         else:
             message = f"{type(cause).__name__}: {cause}"
-        print(f"error: {message}\nusage: {argv[0]} --config=CONFIG[:PRESET] --workdir=DIR "
-              "[--config.FIELD=VALUE ...]", file=sys.stderr)
+        print(
+            f"error: {message}\nusage: {argv[0]} --config=CONFIG[:PRESET] --workdir=DIR "
+            "[--config.FIELD=VALUE ...]",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
 

@@ -23,8 +23,14 @@ class MetricsLogger:
     next checkpoint) are dropped, so `metrics.jsonl` reads as one uninterrupted run.
     """
 
-    def __init__(self, workdir: Path, total_steps: int, steps_per_epoch: int, batch_size: int,
-                 start_step: int = 0):
+    def __init__(
+        self,
+        workdir: Path,
+        total_steps: int,
+        steps_per_epoch: int,
+        batch_size: int,
+        start_step: int = 0,
+    ):
         self.enabled = jax.process_index() == 0
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.batch_size = batch_size
@@ -51,8 +57,13 @@ class MetricsLogger:
         if self._last_step > self._start_step:  # the first interval includes compilation
             self._steady_images += images
             self._steady_seconds += seconds
-        row = {"step": step, "epoch": step / max(self.steps_per_epoch, 1), **metrics,
-               "images_per_sec": images / seconds, "elapsed_sec": now - self._start_time}
+        row = {
+            "step": step,
+            "epoch": step / max(self.steps_per_epoch, 1),
+            **metrics,
+            "images_per_sec": images / seconds,
+            "elapsed_sec": now - self._start_time,
+        }
         self._last_time, self._last_step = now, step
         if self.enabled:
             # Rewritten whole: object stores (gs://) cannot append.

@@ -66,9 +66,10 @@ def nt_xent(
     is_self = jax.nn.one_hot(positives, all1.shape[0])
 
     def one_direction(queries, same_view, other_view):
-        logits = jnp.concatenate(
-            [queries @ other_view.T, queries @ same_view.T - 1e9 * is_self], axis=1
-        ) / temperature
+        logits = (
+            jnp.concatenate([queries @ other_view.T, queries @ same_view.T - 1e9 * is_self], axis=1)
+            / temperature
+        )
         labels = jax.nn.one_hot(positives, logits.shape[1])
         return jnp.mean(_soft_cross_entropy(logits, labels))
 
@@ -161,6 +162,7 @@ def sage_generation_loss(
     one entry per level (reference: pixels and projection 1/10, each stage 1/30); a level
     weighted 0 is skipped. Returns (L_G, {term: unweighted MSE}), in float32.
     """
+
     def mse(a, b):
         return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
 

@@ -90,8 +90,10 @@ def adaptation_mask(params: Any) -> Any:
 def all_but_probe(params: Any) -> Any:
     """True for every leaf but the online probe's: `optimizer.weight_decay_all` decays
     biases and normalisation parameters too, as PyTorch's SGD does in the MoCo reference."""
-    return {name: jax.tree.map(lambda _, keep=name != "probe": keep, tree)
-            for name, tree in params.items()}
+    return {
+        name: jax.tree.map(lambda _, keep=name != "probe": keep, tree)
+        for name, tree in params.items()
+    }
 
 
 def build_optimizer(
@@ -153,7 +155,9 @@ def with_decoder_optimizer(
     """`decoder_tx` for the parameters under the top-level 'decoder', `tx` for the rest."""
 
     def labels(params):
-        return {name: jax.tree.map(lambda _, n=name: "decoder" if n == "decoder" else "main", tree)
-                for name, tree in params.items()}
+        return {
+            name: jax.tree.map(lambda _, n=name: "decoder" if n == "decoder" else "main", tree)
+            for name, tree in params.items()
+        }
 
     return optax.multi_transform({"main": tx, "decoder": decoder_tx}, labels)

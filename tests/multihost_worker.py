@@ -1,6 +1,6 @@
 """One process of a 2-process run on localhost (used by tests/test_multihost.py).
 
-    python tests/multihost_worker.py PROCESS_ID PORT WORKDIR
+python tests/multihost_worker.py PROCESS_ID PORT WORKDIR
 """
 
 import os

@@ -11,15 +11,22 @@ ROOT = Path(__file__).parent.parent
 
 
 def _run(*args, tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="3"
+    )
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _main(tmp_path, *overrides, config="configs/byol.py:smoke"):
-    return _run("main.py", f"--config={config}", f"--workdir={tmp_path / 'w'}", *overrides,
-                tmp_path=tmp_path)
+    return _run(
+        "main.py",
+        f"--config={config}",
+        f"--workdir={tmp_path / 'w'}",
+        *overrides,
+        tmp_path=tmp_path,
+    )
 
 
 @pytest.mark.parametrize(
@@ -27,8 +34,10 @@ def _main(tmp_path, *overrides, config="configs/byol.py:smoke"):
     [
         (["--config.batch_size=12"], "multiple of the 8 devices"),
         (["--config.optimizer.base_lr=-0.1"], "base_lr"),
-        (["--config.dataset.name=cifar10", "--config.dataset.data_dir=/nonexistent/tfds"],
-         "tfds build"),
+        (
+            ["--config.dataset.name=cifar10", "--config.dataset.data_dir=/nonexistent/tfds"],
+            "tfds build",
+        ),
         (["--config.dataset.name=mnist"], "fashion_mnist"),
         (["--config.method=simclr_typo"], "unknown method"),
     ],

@@ -64,8 +64,9 @@ def test_a_step_moves_the_online_network_and_the_target_follows_by_ema(smoke_con
     mesh = engine.make_mesh()
     method = Byol(smoke_config, 10)
     tx, schedule = build_optimizer(smoke_config.optimizer, smoke_config.batch_size, 5, 10)
-    state0 = jax.device_get(engine.make_init(method, tx, mesh, (32, 32, 3), 10)(
-        jax.random.PRNGKey(0)))
+    state0 = jax.device_get(
+        engine.make_init(method, tx, mesh, (32, 32, 3), 10)(jax.random.PRNGKey(0))
+    )
     state = engine.make_init(method, tx, mesh, (32, 32, 3), 10)(jax.random.PRNGKey(0))
     step = engine.make_train_step(method, tx, schedule, mesh, 10)
     state, metrics = step(state, engine.global_batch(_batch(32), mesh), jax.random.PRNGKey(1))

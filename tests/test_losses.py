@@ -69,8 +69,15 @@ def numpy_detcon(pred1, pred2, target1, target2, ids1, ids2, temperature):
 def _sharded(fn, *args):
     mesh = make_mesh()
     specs = tuple(P("data") for _ in args)
-    return jax.jit(jax.shard_map(lambda *a: jax.lax.pmean(fn(*a, axis_name="data"), "data"),
-                                 mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False))(*args)
+    return jax.jit(
+        jax.shard_map(
+            lambda *a: jax.lax.pmean(fn(*a, axis_name="data"), "data"),
+            mesh=mesh,
+            in_specs=specs,
+            out_specs=P(),
+            check_vma=False,
+        )
+    )(*args)
 
 
 @pytest.fixture
@@ -80,8 +87,7 @@ def rng():
 
 def test_nt_xent_matches_the_written_out_simclr_loss(rng):
     z1, z2 = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
-    np.testing.assert_allclose(losses.nt_xent(z1, z2, 0.1), numpy_nt_xent(z1, z2, 0.1),
-                               rtol=1e-5)
+    np.testing.assert_allclose(losses.nt_xent(z1, z2, 0.1), numpy_nt_xent(z1, z2, 0.1), rtol=1e-5)
 
 
 def test_nt_xent_on_eight_devices_equals_one_device_on_the_global_batch(rng):
@@ -93,8 +99,9 @@ def test_nt_xent_on_eight_devices_equals_one_device_on_the_global_batch(rng):
 def test_moco_infonce_matches_numpy_reference(rng):
     q, k, queue = rng.normal(size=(4, 8)), rng.normal(size=(4, 8)), rng.normal(size=(32, 8))
     queue = _normalize(queue)
-    np.testing.assert_allclose(losses.moco_infonce(q, k, queue, 0.2),
-                               numpy_moco(q, k, queue, 0.2), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.moco_infonce(q, k, queue, 0.2), numpy_moco(q, k, queue, 0.2), rtol=1e-5
+    )
 
 
 def test_moco_infonce_gives_no_gradient_to_keys_or_queue(rng):
@@ -113,8 +120,9 @@ def _detcon_batch(rng, b=3, num_masks=4, dim=6):
 
 def test_detcon_loss_matches_numpy_reference_with_duplicates_and_absent_ids(rng):
     batch = _detcon_batch(rng)
-    np.testing.assert_allclose(losses.detcon_loss(*batch, temperature=0.1),
-                               numpy_detcon(*batch, 0.1), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.detcon_loss(*batch, temperature=0.1), numpy_detcon(*batch, 0.1), rtol=1e-5
+    )
 
 
 def test_detcon_on_eight_devices_equals_one_device(rng):

@@ -28,9 +28,18 @@ def test_two_processes_train_like_one_process_fed_both_shards(tmp_path, monkeypa
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     workers = [
         subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "multihost_worker.py"), str(i), str(port),
-             str(workdir)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                str(ROOT / "tests" / "multihost_worker.py"),
+                str(i),
+                str(port),
+                str(workdir),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(2)
     ]
@@ -46,8 +55,10 @@ def test_two_processes_train_like_one_process_fed_both_shards(tmp_path, monkeypa
     per_process = pipeline.train_batches
 
     def both_shards(config, start_step=0):
-        streams = [per_process(config, start_step=start_step, process_index=i, process_count=2)
-                   for i in range(2)]
+        streams = [
+            per_process(config, start_step=start_step, process_index=i, process_count=2)
+            for i in range(2)
+        ]
         for parts in zip(*streams):
             yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -56,7 +67,8 @@ def test_two_processes_train_like_one_process_fed_both_shards(tmp_path, monkeypa
 
     run = train.setup(config)
     restored = Checkpointer(workdir / "checkpoints", asynchronous=False).restore(
-        run.init, run.rngs()[0], run.replicated)
+        run.init, run.rngs()[0], run.replicated
+    )
     assert int(restored.step) == 2
     # Compare what the two steps changed (state − init): parameters barely move in two
     # LARS steps, so absolute values would hide a wrong batch. Gloo sums in another order
@@ -69,8 +81,12 @@ def test_two_processes_train_like_one_process_fed_both_shards(tmp_path, monkeypa
     desired = jax.tree_util.tree_leaves(expected)
 
     def update(leaves):
-        return np.concatenate([np.ravel(np.asarray(x, np.float64) - np.asarray(i, np.float64))
-                               for x, i in zip(leaves, init)])
+        return np.concatenate(
+            [
+                np.ravel(np.asarray(x, np.float64) - np.asarray(i, np.float64))
+                for x, i in zip(leaves, init)
+            ]
+        )
 
     got, want = update(actual), update(desired)
     assert np.linalg.norm(want) > 0

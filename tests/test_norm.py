@@ -29,8 +29,9 @@ def _sharded_bn(group, x, devices=8):
         return y, jax.lax.pmean(new["batch_stats"], "data")
 
     mesh = make_mesh(jax.devices()[:devices])
-    fn = jax.shard_map(apply, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P()),
-                       check_vma=False)
+    fn = jax.shard_map(
+        apply, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P()), check_vma=False
+    )
     return jax.jit(fn)(variables, x)
 
 
@@ -38,8 +39,9 @@ def test_sync_bn_over_eight_devices_normalises_with_global_batch_statistics():
     x = _images()
     y, stats = _sharded_bn("sync", x)
     np.testing.assert_allclose(y, _reference_bn(np.asarray(x)), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * np.asarray(x).var(axis=(0, 1, 2)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        stats["var"], 0.9 + 0.1 * np.asarray(x).var(axis=(0, 1, 2)), rtol=1e-5
+    )
 
 
 def test_local_bn_uses_each_devices_own_images():
@@ -57,16 +59,17 @@ def test_groups_of_n_images_do_not_depend_on_the_device_count(group):
         if 32 // devices > group and (32 // devices) % group:
             continue
         y, _ = _sharded_bn(group, x, devices)
-        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4,
-                                   err_msg=f"{devices} devices")
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4, err_msg=f"{devices} devices")
 
 
 def test_eval_mode_uses_running_statistics():
     bn = BatchNorm(group="local", axis_name=None)
     x = _images()
     variables = bn.init(jax.random.PRNGKey(0), x, train=False)
-    variables = {"params": variables["params"],
-                 "batch_stats": {"mean": jnp.full((3,), 2.0), "var": jnp.full((3,), 4.0)}}
+    variables = {
+        "params": variables["params"],
+        "batch_stats": {"mean": jnp.full((3,), 2.0), "var": jnp.full((3,), 4.0)},
+    }
     y = bn.apply(variables, x, train=False)
     np.testing.assert_allclose(y, (x - 2.0) / np.sqrt(4.0 + 1e-5), rtol=1e-5)
 

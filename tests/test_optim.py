@@ -10,9 +10,19 @@ from ssljax.errors import UserError
 
 
 def _opt(**overrides):
-    c = ml_collections.ConfigDict(dict(
-        name="lars", base_lr=0.3, weight_decay=1e-2, momentum=0.9, trust_coefficient=1e-3,
-        warmup_epochs=2.0, schedule="cosine", decay_at=(), decay_factor=0.1))
+    c = ml_collections.ConfigDict(
+        dict(
+            name="lars",
+            base_lr=0.3,
+            weight_decay=1e-2,
+            momentum=0.9,
+            trust_coefficient=1e-3,
+            warmup_epochs=2.0,
+            schedule="cosine",
+            decay_at=(),
+            decay_factor=0.1,
+        )
+    )
     c.update(overrides)
     return c
 
@@ -21,8 +31,10 @@ def _toy_tree():
     rng = np.random.default_rng(0)
     return {
         "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)},
-        "dense": {"kernel": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32),
-                  "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32)},
+        "dense": {
+            "kernel": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32),
+        },
         "bn": {"scale": jnp.ones((4,)), "bias": jnp.zeros((4,))},
         "zero": {"kernel": jnp.zeros((2, 2))},
     }
@@ -52,37 +64,50 @@ def test_lars_equals_written_out_formula_with_bias_and_norm_excluded():
     opt = _opt(warmup_epochs=0.0, schedule="constant")
     tx, schedule = optim.build_optimizer(opt, batch_size=512, steps_per_epoch=10, total_steps=30)
     rng = np.random.default_rng(1)
-    grads_per_step = [jax.tree_util.tree_map(
-        lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params) for _ in range(3)]
+    grads_per_step = [
+        jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+        for _ in range(3)
+    ]
     state, p = tx.init(params), params
     for g in grads_per_step:
         updates, state = tx.update(g, state, p)
         p = optax.apply_updates(p, updates)
-    expected = _written_out_lars(params, grads_per_step, [0.3 * 512 / 256] * 3,
-                                 wd=1e-2, eta=1e-3, momentum=0.9)
+    expected = _written_out_lars(
+        params, grads_per_step, [0.3 * 512 / 256] * 3, wd=1e-2, eta=1e-3, momentum=0.9
+    )
     for module in expected:
         for name in expected[module]:
-            np.testing.assert_allclose(p[module][name], expected[module][name], rtol=2e-5,
-                                       atol=1e-7, err_msg=f"{module}/{name}")
+            np.testing.assert_allclose(
+                p[module][name],
+                expected[module][name],
+                rtol=2e-5,
+                atol=1e-7,
+                err_msg=f"{module}/{name}",
+            )
     # Biases and BN parameters move by plain momentum SGD: the first step is −lr·g exactly.
     tx1, _ = optim.build_optimizer(opt, 512, 10, 30)
     u, _ = tx1.update(grads_per_step[0], tx1.init(params), params)
-    np.testing.assert_allclose(u["bn"]["scale"], -0.6 * grads_per_step[0]["bn"]["scale"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(u["bn"]["scale"], -0.6 * grads_per_step[0]["bn"]["scale"], rtol=1e-6)
 
 
 def test_adaptation_mask_excludes_vectors_depthwise_kernels_and_the_probe():
-    tree = {"a": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)},
-            "block_depthwise": {"kernel": jnp.ones((3, 3, 1, 8))},
-            "probe": {"kernel": jnp.ones((3, 10))}}
+    tree = {
+        "a": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)},
+        "block_depthwise": {"kernel": jnp.ones((3, 3, 1, 8))},
+        "probe": {"kernel": jnp.ones((3, 10))},
+    }
     mask = optim.adaptation_mask(tree)
-    assert mask == {"a": {"kernel": True, "bias": False},
-                    "block_depthwise": {"kernel": False}, "probe": {"kernel": False}}
+    assert mask == {
+        "a": {"kernel": True, "bias": False},
+        "block_depthwise": {"kernel": False},
+        "probe": {"kernel": False},
+    }
 
 
 def test_lr_warms_up_linearly_then_follows_a_cosine_to_zero():
-    schedule = optim.learning_rate_schedule(_opt(), batch_size=512, steps_per_epoch=10,
-                                            total_steps=100)
+    schedule = optim.learning_rate_schedule(
+        _opt(), batch_size=512, steps_per_epoch=10, total_steps=100
+    )
     peak = 0.3 * 512 / 256
     assert float(schedule(0)) == 0.0
     np.testing.assert_allclose(schedule(10), peak / 2, rtol=1e-6)
@@ -94,8 +119,9 @@ def test_lr_warms_up_linearly_then_follows_a_cosine_to_zero():
 def test_step_schedule_decays_at_the_given_fractions():
     opt = _opt(schedule="steps", decay_at=(0.6, 0.8), warmup_epochs=0.0)
     schedule = optim.learning_rate_schedule(opt, 256, 10, 100)
-    np.testing.assert_allclose([schedule(59), schedule(61), schedule(81)],
-                               [0.3, 0.03, 0.003], rtol=1e-5)
+    np.testing.assert_allclose(
+        [schedule(59), schedule(61), schedule(81)], [0.3, 0.03, 0.003], rtol=1e-5
+    )
 
 
 def test_ema_rate_is_tau_base_at_step_zero_and_one_at_the_end():

@@ -18,9 +18,15 @@ from ssljax.eval import features as feats
 from ssljax.eval import results
 
 
-def knn_predict(memory: np.ndarray, memory_labels: np.ndarray, queries: np.ndarray,
-                k: int, temperature: float, num_classes: int,
-                chunk: int = 1024) -> np.ndarray:
+def knn_predict(
+    memory: np.ndarray,
+    memory_labels: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    temperature: float,
+    num_classes: int,
+    chunk: int = 1024,
+) -> np.ndarray:
     """The class each query receives from its k nearest memory images."""
     memory = jnp.asarray(memory, jnp.float32)
     memory = memory / jnp.maximum(jnp.linalg.norm(memory, axis=1, keepdims=True), 1e-12)
@@ -31,9 +37,9 @@ def knn_predict(memory: np.ndarray, memory_labels: np.ndarray, queries: np.ndarr
     def predict(q):
         q = q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         sims, idx = jax.lax.top_k(q @ memory.T, k)
-        votes = jax.nn.one_hot(memory_labels[idx], num_classes) * jnp.exp(sims / temperature)[
-            ..., None
-        ]
+        votes = (
+            jax.nn.one_hot(memory_labels[idx], num_classes) * jnp.exp(sims / temperature)[..., None]
+        )
         return jnp.argmax(votes.sum(axis=1), axis=-1)
 
     out = []
@@ -43,9 +49,14 @@ def knn_predict(memory: np.ndarray, memory_labels: np.ndarray, queries: np.ndarr
     return np.concatenate(out)
 
 
-def evaluate(workdir: str | Path, checkpoint: int | None = None, random_init: bool = False,
-             raw_pixels: bool = False, dataset: str | None = None,
-             ks: tuple[int, ...] | None = None) -> dict:
+def evaluate(
+    workdir: str | Path,
+    checkpoint: int | None = None,
+    random_init: bool = False,
+    raw_pixels: bool = False,
+    dataset: str | None = None,
+    ks: tuple[int, ...] | None = None,
+) -> dict:
     """k-NN top-1 of a run's encoder (`random_init`: of its untrained network; `raw_pixels`:
     of the flattened evaluation images). Writes `DIR/eval/knn*.json` (see `results`)."""
     run, variables = feats.load_encoder(workdir, checkpoint, random_init or raw_pixels, dataset)
@@ -59,13 +70,20 @@ def evaluate(workdir: str | Path, checkpoint: int | None = None, random_init: bo
     memory, memory_labels = extract(run.dataset.memory_split)
     queries, labels = extract(run.dataset.test_split)
     ks = ks or (config.eval.knn_k, 200)
-    result = {"metric": "knn", "workdir": str(workdir), "dataset": config.dataset.name,
-              "features": kind, "k": config.eval.knn_k,
-              "temperature": config.eval.knn_temperature,
-              "num_memory": int(len(memory)), "num_queries": int(len(queries))}
+    result = {
+        "metric": "knn",
+        "workdir": str(workdir),
+        "dataset": config.dataset.name,
+        "features": kind,
+        "k": config.eval.knn_k,
+        "temperature": config.eval.knn_temperature,
+        "num_memory": int(len(memory)),
+        "num_queries": int(len(queries)),
+    }
     for k in ks:
-        pred = knn_predict(memory, memory_labels, queries, k, config.eval.knn_temperature,
-                           run.dataset.num_classes)
+        pred = knn_predict(
+            memory, memory_labels, queries, k, config.eval.knn_temperature, run.dataset.num_classes
+        )
         result[f"top1_k{k}"] = float(np.mean(pred == labels))
     result["top1"] = result[f"top1_k{config.eval.knn_k}"]
     if kind == "trained":
@@ -81,6 +99,9 @@ def report_against_random_init(workdir: str | Path) -> None:
     baseline = evaluate(workdir, random_init=True)
     k = trained["k"]
     print(json.dumps({"knn_top1": trained["top1"], "random_init_knn_top1": baseline["top1"]}))
-    print(f"{k}-NN top-1 on {trained['dataset']}: trained {100 * trained['top1']:.2f}% vs "
-          f"random init {100 * baseline['top1']:.2f}% "
-          f"({100 * (trained['top1'] - baseline['top1']):+.2f} points)", flush=True)
+    print(
+        f"{k}-NN top-1 on {trained['dataset']}: trained {100 * trained['top1']:.2f}% vs "
+        f"random init {100 * baseline['top1']:.2f}% "
+        f"({100 * (trained['top1'] - baseline['top1']):+.2f} points)",
+        flush=True,
+    )

@@ -39,8 +39,10 @@ class Byol(EmaTargetMethod):
             self.target, state.target_params, target_stats, batch["view2"]
         )
         loss = losses.byol_loss(
-            online1["prediction"], online2["prediction"],
-            target1["projection"], target2["projection"],
+            online1["prediction"],
+            online2["prediction"],
+            target1["projection"],
+            target2["projection"],
         )
         aux = {
             "updates": {"batch_stats": stats, "target_batch_stats": target_stats},
