@@ -22,17 +22,7 @@ from ssljax.data import augment, fashion_mnist, mask_cache, masks, pipeline, reg
 from ssljax.errors import UserError
 
 SMALL_FH = masks.FHParams.make((100,), 0.8, 20)  # ~8 segments on a 28-px Fashion-MNIST image
-CROP_AND_FLIP_ONLY = augment.AugmentPreset(
-    s_min=0.3,
-    p_jit=0.0,
-    brightness=0.0,
-    contrast=0.0,
-    saturation=0.0,
-    hue=0.0,
-    p_gray=0.0,
-    p_blur=(0.0, 0.0),
-    p_solarize=(0.0, 0.0),
-)
+CROP_AND_FLIP_ONLY = augment.crop_and_flip(0.3)
 
 
 # ---- Masks through the views -------------------------------------------------------

@@ -73,6 +73,21 @@ BLUR_SIGMA_RANGE = (0.1, 2.0)
 CROP_STREAM = _CROP  # the fold of a view's seed that draws its crop window (multicrop reads it)
 
 
+def crop_and_flip(s_min: float) -> AugmentPreset:
+    """Random-resized crop (scale in [s_min, 1]) and horizontal flip, nothing photometric."""
+    return AugmentPreset(
+        s_min=s_min,
+        p_jit=0.0,
+        brightness=0.0,
+        contrast=0.0,
+        saturation=0.0,
+        hue=0.0,
+        p_gray=0.0,
+        p_blur=(0.0, 0.0),
+        p_solarize=(0.0, 0.0),
+    )
+
+
 def get_preset(preset: AugmentPreset | str) -> AugmentPreset:
     """Look a preset up by name; an `AugmentPreset` passes through."""
     if isinstance(preset, AugmentPreset):

@@ -36,17 +36,7 @@ from ssljax.eval import linear, results
 from ssljax.methods.base import DATA_AXIS
 from ssljax.models.heads import LinearClassifier
 
-FINETUNE_VIEW = augment.AugmentPreset(
-    s_min=0.08,
-    p_jit=0.0,
-    brightness=0.0,
-    contrast=0.0,
-    saturation=0.0,
-    hue=0.0,
-    p_gray=0.0,
-    p_blur=(0.0, 0.0),
-    p_solarize=(0.0, 0.0),
-)
+FINETUNE_VIEW = augment.crop_and_flip(0.08)
 
 
 @dataclasses.dataclass(frozen=True)
