@@ -217,11 +217,11 @@ def _series(run: RunRecord, key: str) -> tuple[list[int], list[float]]:
 
 
 def make_plots(runs: list[RunRecord], directory: Path, prefix: str) -> list[tuple[str, Path]]:
-    """Write the PNGs; returns (title, path) of each written plot."""
-    import matplotlib
+    """Write the PNGs; returns (title, path) of each written plot.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Figures are built without pyplot, so a notebook's matplotlib backend is left alone.
+    """
+    from matplotlib.figure import Figure
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
@@ -230,14 +230,14 @@ def make_plots(runs: list[RunRecord], directory: Path, prefix: str) -> list[tupl
         path = directory / f"{prefix}{stem}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         written.append((title, path))
 
     trained = [r for r in runs if r.rows]
     if trained:
         cols = min(3, len(trained))
         nrows = math.ceil(len(trained) / cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+        fig = Figure(figsize=(4.2 * cols, 3.0 * nrows))
+        axes = fig.subplots(nrows, cols, squeeze=False)
         for ax, run in zip(axes.flat, trained):
             ax.plot(*_series(run, "loss"), color="tab:blue")
             ax.set_title(f"{run.name} ({run.method})", fontsize=9)
@@ -254,7 +254,8 @@ def make_plots(runs: list[RunRecord], directory: Path, prefix: str) -> list[tupl
         with_key = [r for r in trained if _series(r, key)[0]]
         if not with_key:
             return
-        fig, ax = plt.subplots(figsize=(6.5, 4.0))
+        fig = Figure(figsize=(6.5, 4.0))
+        ax = fig.subplots()
         for run in with_key:
             steps, values = _series(run, key)
             ax.plot(steps, [scale * v for v in values], label=run.name)
@@ -274,7 +275,8 @@ def make_plots(runs: list[RunRecord], directory: Path, prefix: str) -> list[tupl
 
     curves = [(r, r.knn_curve()) for r in runs if r.knn_curve()]
     if curves:
-        fig, ax = plt.subplots(figsize=(6.5, 4.0))
+        fig = Figure(figsize=(6.5, 4.0))
+        ax = fig.subplots()
         for run, points in curves:
             line = ax.plot(
                 [p[0] for p in points], [100 * p[1] for p in points], marker="o", label=run.name

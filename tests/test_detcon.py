@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_close
 from jax.sharding import PartitionSpec as P
 
 from ssljax import configlib, engine
@@ -76,14 +77,6 @@ def _per_device(fn, mesh, out_specs=None):
             check_vma=False,
         )
     )
-
-
-def _assert_trees_close(a, b, rtol, atol):
-    flat_a, tree_a = jax.tree_util.tree_flatten_with_path(a)
-    flat_b, tree_b = jax.tree_util.tree_flatten(b)
-    assert tree_a == tree_b
-    for (path, x), y in zip(flat_a, flat_b):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
 def test_mask_pool_is_the_per_segment_mean_of_feature_cells():
@@ -177,7 +170,7 @@ def test_detcon_s_with_one_global_mask_is_twice_simclrs_nt_xent():
     (loss_d, loss_s), grad_d, grad_s = _per_device(both, mesh)(state.params, state, batch)
     assert float(loss_d) == pytest.approx(2 * float(loss_s), rel=1e-5)
     twice = jax.tree.map(lambda g: 2 * g, grad_s)
-    _assert_trees_close(grad_d, twice, rtol=1e-3, atol=1e-6)
+    assert_trees_close(grad_d, twice, rtol=1e-3, atol=1e-6)
 
 
 def test_sixteen_copies_of_the_global_mask_are_simclr_up_to_scale_and_shift():
@@ -291,7 +284,7 @@ def test_detcon_b_eight_device_step_equals_one_device_step_and_target_follows_em
     state1, before = jax.device_get(state1), jax.device_get(state8)
     np.testing.assert_allclose(losses8, losses1, rtol=1e-4)
     for field in ("params", "target_params", "batch_stats", "target_batch_stats"):
-        _assert_trees_close(getattr(before, field), getattr(state1, field), rtol=1e-4, atol=1e-5)
+        assert_trees_close(getattr(before, field), getattr(state1, field), rtol=1e-4, atol=1e-5)
     assert 1.0 <= metrics["distinct_masks"] <= 6.0 and 0.0 < metrics["matched_masks"] <= 1.0
 
     # One more step: the target moves by exactly the EMA rule, and only it.
@@ -303,7 +296,7 @@ def test_detcon_b_eight_device_step_equals_one_device_step_and_target_follows_em
     assert set(after.target_params) == {"encoder", "projector"}
     online = {k: after.params[k] for k in after.target_params}
     expected = jax.tree.map(lambda t, o: tau * t + (1 - tau) * o, before.target_params, online)
-    _assert_trees_close(after.target_params, expected, rtol=1e-5, atol=1e-7)
+    assert_trees_close(after.target_params, expected, rtol=1e-5, atol=1e-7)
 
 
 def _masks_pipeline_available():

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import two_view_batch
 from jax.sharding import PartitionSpec as P
 
 from ssljax import configlib, engine, losses
@@ -40,16 +41,6 @@ def _tiny_method(config, total_steps=10):
         encoder = network.encoder.clone(stage_sizes=(0, 0, 0, 0))
         setattr(method, name, network.clone(encoder=encoder))
     return method
-
-
-def _batch(batch_size, seed=0):
-    rng = np.random.default_rng(seed)
-    shape = (batch_size, SIZE, SIZE, 3)
-    return {
-        "view1": rng.uniform(size=shape).astype(np.float32),
-        "view2": rng.uniform(size=shape).astype(np.float32),
-        "label": rng.integers(0, 10, size=(batch_size,)).astype(np.int32),
-    }
 
 
 def _setup(config, devices=8, total_steps=10):
@@ -186,7 +177,7 @@ def test_on_8_devices_shuffle_bn_normalises_each_query_and_its_key_in_different_
     state = init(jax.random.PRNGKey(0))
     state = jax.device_get(state)
     rng = jax.random.PRNGKey(3)
-    x = jnp.asarray(_batch(32)["view2"])
+    x = jnp.asarray(two_view_batch(32, SIZE)["view2"])
 
     def sharded(fn):
         return jax.jit(
@@ -242,7 +233,7 @@ def test_queue_holds_exactly_the_last_k_keys_in_order_after_n_steps(unshuffled):
     initial = np.asarray(jax.device_get(state.queue["keys"]))
     expected_keys = []
     for seed in range(3):
-        batch = _batch(batch_size, seed)
+        batch = two_view_batch(batch_size, SIZE, seed)
         before = jax.device_get(state)
         out, _ = apply_train(
             method.target,
@@ -266,7 +257,7 @@ def test_queue_holds_exactly_the_last_k_keys_in_order_after_n_steps(unshuffled):
 def test_key_encoder_gets_no_gradient_and_moves_only_by_the_momentum_rule(unshuffled):
     config, mesh, method, init, step = unshuffled
     state = init(jax.random.PRNGKey(0))
-    batch = engine.global_batch(_batch(config.batch_size), mesh)
+    batch = engine.global_batch(two_view_batch(config.batch_size, SIZE), mesh)
 
     def loss_of_target(target_params, state, batch):
         return method.loss(

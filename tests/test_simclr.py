@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_close, two_view_batch
 
 from ssljax import configlib, engine
 from ssljax.methods import get_method
@@ -26,16 +27,6 @@ def _tiny_method(config, total_steps):
     encoder = method.online.encoder.clone(stage_sizes=(0, 0, 0, 0))
     method.online = method.online.clone(encoder=encoder)
     return method
-
-
-def _batch(batch_size, seed=0):
-    rng = np.random.default_rng(seed)
-    shape = (batch_size, SIZE, SIZE, 3)
-    return {
-        "view1": rng.uniform(size=shape).astype(np.float32),
-        "view2": rng.uniform(size=shape).astype(np.float32),
-        "label": rng.integers(0, 10, size=(batch_size,)).astype(np.int32),
-    }
 
 
 def test_registered_and_imagenet_preset_holds_the_papers_numbers():
@@ -87,24 +78,16 @@ def _run_steps(config, devices, batches, total_steps=10):
     return jax.device_get(state), losses
 
 
-def _assert_trees_close(a, b, rtol, atol):
-    flat_a, tree_a = jax.tree_util.tree_flatten_with_path(a)
-    flat_b, tree_b = jax.tree_util.tree_flatten(b)
-    assert tree_a == tree_b
-    for (path, x), y in zip(flat_a, flat_b):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
-
-
 def test_eight_device_step_equals_one_device_step_on_the_same_global_batch():
     config = _config()
-    batches = [_batch(config.batch_size, seed=s) for s in range(2)]
+    batches = [two_view_batch(config.batch_size, SIZE, seed=s) for s in range(2)]
     state1, losses1 = _run_steps(config, 1, batches)
     state8, losses8 = _run_steps(config, 8, batches)
     np.testing.assert_allclose(losses8, losses1, rtol=1e-4)
     # atol 1e-5: a BN bias before another BN gets a gradient that nearly cancels over the
     # batch, so the float32 summation order shows there and in what follows it.
-    _assert_trees_close(state8.params, state1.params, rtol=1e-4, atol=1e-5)
-    _assert_trees_close(state8.batch_stats, state1.batch_stats, rtol=1e-4, atol=1e-5)
+    assert_trees_close(state8.params, state1.params, rtol=1e-4, atol=1e-5)
+    assert_trees_close(state8.batch_stats, state1.batch_stats, rtol=1e-4, atol=1e-5)
     assert state8.target_params is None and state8.queue is None
 
 

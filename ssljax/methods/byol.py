@@ -27,17 +27,18 @@ class Byol(EmaTargetMethod):
         self.online = SiameseNetwork(encoder, projector, predictor)
         self.target = SiameseNetwork(encoder, projector)
 
+    def target_outputs(self, state, batch):
+        """The EMA target on each view in turn: ((out1, out2), its new BN statistics)."""
+        stats = state.target_batch_stats
+        target1, stats = apply_train(self.target, state.target_params, stats, batch["view1"])
+        target2, stats = apply_train(self.target, state.target_params, stats, batch["view2"])
+        return (target1, target2), stats
+
     def loss(self, params, state, batch, rng):
         stats = state.batch_stats
         online1, stats = apply_train(self.online, params, stats, batch["view1"])
         online2, stats = apply_train(self.online, params, stats, batch["view2"])
-        target_stats = state.target_batch_stats
-        target1, target_stats = apply_train(
-            self.target, state.target_params, target_stats, batch["view1"]
-        )
-        target2, target_stats = apply_train(
-            self.target, state.target_params, target_stats, batch["view2"]
-        )
+        (target1, target2), target_stats = self.target_outputs(state, batch)
         loss = losses.byol_loss(
             online1["prediction"],
             online2["prediction"],

@@ -43,12 +43,12 @@ from ssljax import losses
 from ssljax.errors import UserError
 from ssljax.methods.base import (
     DATA_AXIS,
-    EmaTargetMethod,
     SiameseNetwork,
     apply_train,
     build_encoder,
     build_mlp,
 )
+from ssljax.methods.byol import Byol
 from ssljax.models.decoder import Decoder
 from ssljax.models.norm import BatchNorm, parse_bn_group
 
@@ -169,14 +169,10 @@ def load_evaluator(config: ml_collections.ConfigDict, evaluator: SiameseNetwork)
     return variables
 
 
-class SaGe(EmaTargetMethod):
+class SaGe(Byol):
     def __init__(self, config, total_steps):
-        super().__init__(config, total_steps)
-        encoder = build_encoder(config)
-        projector = build_mlp(config.projector, config.bn_group)
-        predictor = build_mlp(config.predictor, config.bn_group)
-        self.online = SiameseNetwork(encoder, projector, predictor)
-        self.target = SiameseNetwork(encoder, projector)
+        super().__init__(config, total_steps)  # BYOL's online and target networks
+        encoder = self.online.encoder
         if config.generation_weight < 0:
             raise UserError(f"generation_weight (λ) must be ≥ 0, got {config.generation_weight}")
         self.weights = generation_weights(config)
@@ -272,13 +268,7 @@ class SaGe(EmaTargetMethod):
             generation = generation + value
             for name, term in view_terms.items():
                 terms[f"generation_{name}"] = terms.get(f"generation_{name}", 0.0) + term / 2
-        target_stats = state.target_batch_stats
-        target1, target_stats = apply_train(
-            self.target, state.target_params, target_stats, batch["view1"]
-        )
-        target2, target_stats = apply_train(
-            self.target, state.target_params, target_stats, batch["view2"]
-        )
+        (target1, target2), target_stats = self.target_outputs(state, batch)
         byol = losses.byol_loss(
             online["view1"]["prediction"],
             online["view2"]["prediction"],

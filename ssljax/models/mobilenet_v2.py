@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from ssljax.errors import UserError
 from ssljax.models.norm import BatchNorm, BNGroup, parse_bn_group
-from ssljax.models.resnet import conv_init
+from ssljax.models.resnet import conv
 
 # (expansion t, output channels c, blocks n, stride s of the first block): the paper's Table 2.
 INVERTED_RESIDUAL_STAGES = (
@@ -60,21 +60,6 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any, groups: int = 1):
-    pad = (kernel - 1) // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=groups,
-        use_bias=False,
-        kernel_init=conv_init,
-        dtype=dtype,
-        name=name,
-    )
-
-
 class InvertedResidual(nn.Module):
     """1×1 expand (skipped when t = 1) → 3×3 depth-wise → linear 1×1 project (+ input)."""
 
@@ -89,11 +74,11 @@ class InvertedResidual(nn.Module):
         hidden = round(x.shape[-1] * self.expansion)
         y = x
         if self.expansion != 1:
-            y = _conv(hidden, 1, 1, "expand_conv", self.dtype)(y)
+            y = conv(hidden, 1, 1, "expand_conv", self.dtype)(y)
             y = jax.nn.relu6(self.bn(name="expand_bn")(y, train=train))
-        y = _conv(hidden, 3, self.stride, "depthwise_conv", self.dtype, groups=hidden)(y)
+        y = conv(hidden, 3, self.stride, "depthwise_conv", self.dtype, groups=hidden)(y)
         y = jax.nn.relu6(self.bn(name="depthwise_bn")(y, train=train))
-        y = _conv(self.features, 1, 1, "project_conv", self.dtype)(y)
+        y = conv(self.features, 1, 1, "project_conv", self.dtype)(y)
         y = self.bn(name="project_bn")(y, train=train)
         if self.stride == 1 and x.shape[-1] == self.features:
             return x + y
@@ -173,7 +158,7 @@ class MobileNetV2(nn.Module):
         x = ((x.astype(jnp.float32) - mean) / std).astype(self.dtype)
 
         stem_stride = 1 if self.small_stem else 2
-        x = _conv(self.stem_width, 3, stem_stride, "stem_conv", self.dtype)(x)
+        x = conv(self.stem_width, 3, stem_stride, "stem_conv", self.dtype)(x)
         x = jax.nn.relu6(self.bn(name="stem_bn")(x, train=train))
 
         features: dict[str, jax.Array] = {}
@@ -192,7 +177,7 @@ class MobileNetV2(nn.Module):
             if stage in stage_outputs:
                 features[stage_outputs[stage]] = x
 
-        x = _conv(self.num_features, 1, 1, "last_conv", self.dtype)(x)
+        x = conv(self.num_features, 1, 1, "last_conv", self.dtype)(x)
         x = jax.nn.relu6(self.bn(name="last_bn")(x, train=train))
         features["layer4"] = x
         features["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -59,13 +59,17 @@ def scaled_width(base: int, width: float) -> int:
     return max(1, round(base * width))
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any) -> nn.Conv:
+def conv(
+    features: int, kernel: int, stride: int, name: str, dtype: Any, groups: int = 1
+) -> nn.Conv:
+    """A bias-free k×k convolution with symmetric (k − 1)/2 padding (PyTorch's), He-init."""
     pad = (kernel - 1) // 2
     return nn.Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
+        feature_group_count=groups,
         use_bias=False,
         kernel_init=conv_init,
         dtype=dtype,
@@ -94,7 +98,7 @@ class ResidualBlock(nn.Module):
 
         y = x
         for i, (features, kernel, stride) in enumerate(plan, start=1):
-            y = _conv(features, kernel, stride, f"conv{i}", self.dtype)(y)
+            y = conv(features, kernel, stride, f"conv{i}", self.dtype)(y)
             last = i == len(plan)
             bn_kwargs = {"scale_init": nn.initializers.zeros} if last else {}
             y = self.bn(name=f"bn{i}", **bn_kwargs)(y, train=train)
@@ -103,7 +107,7 @@ class ResidualBlock(nn.Module):
 
         shortcut = x
         if self.stride != 1 or x.shape[-1] != out_features:
-            shortcut = _conv(out_features, 1, self.stride, "shortcut_conv", self.dtype)(x)
+            shortcut = conv(out_features, 1, self.stride, "shortcut_conv", self.dtype)(x)
             shortcut = self.bn(name="shortcut_bn")(shortcut, train=train)
         return nn.relu(y + shortcut)
 
@@ -179,9 +183,9 @@ class ResNet(nn.Module):
         x = ((x.astype(jnp.float32) - mean) / std).astype(self.dtype)
 
         if self.small_stem:
-            x = _conv(self.stem_width, 3, 1, "stem_conv", self.dtype)(x)
+            x = conv(self.stem_width, 3, 1, "stem_conv", self.dtype)(x)
         else:
-            x = _conv(self.stem_width, 7, 2, "stem_conv", self.dtype)(x)
+            x = conv(self.stem_width, 7, 2, "stem_conv", self.dtype)(x)
         x = nn.relu(self.bn(name="stem_bn")(x, train=train))
         if not self.small_stem:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
