@@ -111,7 +111,8 @@ for name in $METHODS; do
 from ssljax import configlib, train
 print(train.setup(configlib.load('$config')).total_steps)" 2>/dev/null)
     fi
-    every=$(( steps / curve_points > 0 ? steps / curve_points : 1 ))
+    # Rounded up, so that the last periodic checkpoint is not a few steps before the final one.
+    every=$(( (steps + curve_points - 1) / curve_points ))
     flags+=(--config.checkpoint_every_steps="$every" --config.keep_checkpoints=$((curve_points + 1)))
     echo "== $name: training $config for at most ${budget}s"
     start=$(date +%s)
@@ -144,9 +145,9 @@ evaluate baselines knn --workdir="${runs[0]}" --raw-pixels
 evaluate baselines linear --workdir="${runs[0]}" --raw-pixels
 
 walls=$(for w in "${runs[@]}"; do echo -n "$(basename "$w") $(cat "$w/suite_wall_seconds") s, "; done)
-command="BUDGET=$budget SCHEDULE=$schedule bash benchmarks/fashion_mnist_suite.sh $root${*:+ $*}"
+command="BUDGET=$budget SCHEDULE=$schedule CALIBRATION=$calibration bash benchmarks/fashion_mnist_suite.sh $root${*:+ $*}"
 python -m ssljax.report "${runs[@]}" --out="$out" \
   --note="Command: \`$command\` on $machine." \
-  --note="Each method trained its \`fashion_mnist\` preset for at most ${budget} s from the start of training (\`--config.max_train_seconds\`; process start-up and imports come on top). With SCHEDULE=fit, \`total_steps\` was set from a ${calibration}-s trial run so that the whole LR and EMA schedule ends inside the budget. Training processes took ${walls%, }; the table's wall time is the logged time, compilation included." \
+  --note="Each method trained its \`fashion_mnist\` preset for at most ${budget} s from the start of training (\`--config.max_train_seconds\`; process start-up and imports come on top). With SCHEDULE=fit, \`total_steps\` was set from a trial run of at least ${calibration} s so that the whole LR and EMA schedule ends inside the budget. Training processes took ${walls%, }; the table's wall time is the logged time, compilation included." \
   --note="k-NN: \`python -m ssljax.eval knn\` (weighted, cosine, T = 0.07). Linear: \`python -m ssljax.eval linear\`, MoCo's protocol (SGD lr 30, 100 epochs, ×0.1 at 60% and 80%) on frozen centre-view features. Random init: the same config and seed, untrained (\`--random-init\`). Raw pixels: the flattened 32×32×3 evaluation images (\`--raw-pixels\`)." \
   | quiet
