@@ -26,9 +26,9 @@ Presets:
   predictor 512/128, B = 2048 (64 GPUs × 32), BN over 32 images, SGD momentum 0.9, LR
   0.1 × B/256, wd 1e-4, 10 warm-up epochs (the paper starts warm-up at 0.001× the LR, we
   at 0), cosine, 400 epochs, m_base 0.032 (tau_base 0.968). Paper: 88.18 (BN / Momentum BN).
-- `fashion_mnist`: the small CPU run (BYOL's `fashion_mnist` shape: ResNet-18 ×0.25, small
-  stem, 32 px, B = 256, 10 epochs, heads 512/128) with student and teacher BN over groups
-  of 16 images; `benchmarks/m2t_table1.sh` varies the BN choices on it.
+- `fashion_mnist`: the small CPU run (ResNet-18 ×0.25 — twice the width of BYOL's preset —
+  small stem, 32 px, B = 256, 10 epochs, heads 512/128) with student and teacher BN over
+  groups of 16 images; `benchmarks/m2t_table1.sh` varies the BN choices on it.
 - `smoke`: a few steps of a tiny network, for tests; BN groups of 4.
 """
 
