@@ -5,7 +5,7 @@ import math
 import jax
 import pytest
 
-from ssljax import configlib, engine, perf
+from ssljax import configlib, perf, sharding
 from ssljax.bench.step import benchmark_step, random_batch
 
 
@@ -14,7 +14,7 @@ def byol_smoke_step():
     config = configlib.load("configs/byol.py:smoke")
     # One ViT block compiles faster than a ResNet; the figures are alike.
     config.model.update(name="vit_tiny", depth=1, patch_size=8)
-    return benchmark_step(config, steps=2, warmup=1, mesh=engine.make_mesh(jax.devices()[:2]))
+    return benchmark_step(config, steps=2, warmup=1, mesh=sharding.make_mesh(jax.devices()[:2]))
 
 
 def test_step_benchmark_reports_every_field_with_a_sane_value(byol_smoke_step):

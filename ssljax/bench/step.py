@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssljax import engine, perf
+from ssljax import engine, perf, sharding
 from ssljax.data import registry
 from ssljax.methods import get_method
 from ssljax.optim import build_optimizer
@@ -70,8 +70,8 @@ def benchmark_step(
 ) -> dict[str, Any]:
     """Compile and time one train step of `config` on `mesh` (all devices by default);
     returns the figures as a dict."""
-    mesh = engine.make_mesh() if mesh is None else mesh
-    engine.check_batch_size(config.batch_size, mesh)
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    sharding.check_batch_size(config.batch_size, mesh)
     total_steps = config.total_steps if config.total_steps > 0 else config.epochs * STEPS_PER_EPOCH
     method = get_method(config.method)(config, total_steps)
     tx, schedule = build_optimizer(
@@ -84,7 +84,7 @@ def benchmark_step(
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     state = init(init_rng)
     local = config.batch_size // jax.process_count()
-    batch = engine.global_batch(random_batch(config, local), mesh)
+    batch = sharding.global_batch(random_batch(config, local), mesh)
     train_step = engine.make_train_step(method, tx, schedule, mesh, num_classes)
 
     start = time.perf_counter()
