@@ -120,29 +120,36 @@ def detcon_loss(
     target2 = l2_normalize(target2.astype(jnp.float32))
     all_target1, offset = _gather_rows(target1, axis_name)
     all_target2, _ = _gather_rows(target2, axis_name)
-    # [b, 1, B, 1]: candidate image u is the query's own image.
-    own_image = jax.nn.one_hot(offset + jnp.arange(b), all_target1.shape[0])[:, None, :, None]
+    all_ids1, _ = _gather_rows(ids1, axis_name)
+    all_ids2, _ = _gather_rows(ids2, axis_name)
+    # Query rows (image i, mask r) against candidate columns (image u, mask v), flattened.
+    query_image = jnp.repeat(offset + jnp.arange(b), num_masks)[:, None]
+    key_image = jnp.repeat(jnp.arange(all_target1.shape[0]), num_masks)[None, :]
 
-    def same_id(query_ids, key_ids):  # [b, R, 1, R]
-        return (query_ids[:, :, None] == key_ids[:, None, :])[:, :, None, :].astype(jnp.float32)
-
-    def one_direction(pred, all_other, all_same, ids_query, ids_other):
-        positive = own_image * same_id(ids_query, ids_other)
-        excluded = own_image * same_id(ids_query, ids_query)
-        logits_other = jnp.einsum("irk,uvk->iruv", pred, all_other) / temperature
-        logits_same = jnp.einsum("irk,uvk->iruv", pred, all_same) / temperature - 1e9 * excluded
-        logits = jnp.concatenate([logits_other, logits_same], axis=2).reshape(b, num_masks, -1)
-        labels = jnp.concatenate([positive, jnp.zeros_like(positive)], axis=2)
-        labels = labels.reshape(b, num_masks, -1)
-        num_positives = labels.sum(-1)
-        labels = labels / jnp.maximum(num_positives, 1.0)[..., None]
-        count = same_id(ids_query, ids_query).sum(axis=(2, 3))
+    def one_direction(pred, own_other, all_other, all_same, ids_query, ids_other, all_ids_query):
+        # CE with soft labels 1/#positives = log Σ exp(all logits) − mean positive logit,
+        # so only the own-image block of positives is formed, never a dense label matrix.
+        queries = pred.reshape(b * num_masks, -1)
+        logits_other = queries @ all_other.reshape(-1, all_other.shape[-1]).T / temperature
+        logits_same = queries @ all_same.reshape(-1, all_same.shape[-1]).T / temperature
+        excluded = (query_image == key_image) & (
+            ids_query.reshape(-1, 1) == all_ids_query.reshape(1, -1)
+        )
+        logits_same = jnp.where(excluded, -1e9, logits_same)
+        log_partition = jnp.logaddexp(
+            jax.nn.logsumexp(logits_other, axis=-1), jax.nn.logsumexp(logits_same, axis=-1)
+        ).reshape(b, num_masks)
+        positive = (ids_query[:, :, None] == ids_other[:, None, :]).astype(jnp.float32)
+        positive_logits = jnp.einsum("irk,ivk->irv", pred, own_other) / temperature
+        num_positives = positive.sum(-1)
+        mean_positive = (positive * positive_logits).sum(-1) / jnp.maximum(num_positives, 1.0)
+        count = (ids_query[:, :, None] == ids_query[:, None, :]).sum(-1)
         weight = (num_positives > 0).astype(jnp.float32) / count
-        return jnp.mean(weight * _soft_cross_entropy(logits, labels))
+        return jnp.mean(weight * (log_partition - mean_positive))
 
-    return one_direction(pred1, all_target2, all_target1, ids1, ids2) + one_direction(
-        pred2, all_target1, all_target2, ids2, ids1
-    )
+    return one_direction(
+        pred1, target2, all_target2, all_target1, ids1, ids2, all_ids1
+    ) + one_direction(pred2, target1, all_target1, all_target2, ids2, ids1, all_ids2)
 
 
 def sage_generation_loss(

@@ -1,4 +1,5 @@
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -187,3 +188,51 @@ def test_sage_generation_loss_matches_numpy_reference_and_stops_the_originals_gr
     )
     np.testing.assert_allclose(value0, 0.1 * terms["pixels"], rtol=1e-6)
     assert set(terms0) == {"pixels"}
+
+
+def dense_detcon_loss(pred1, pred2, target1, target2, ids1, ids2, temperature):
+    """The earlier `detcon_loss` (one device): dense [b, R, 2·B·R] label and logit
+    matrices and a soft-label cross-entropy, kept to show the log-partition form equal."""
+    norm = losses.l2_normalize
+    pred1, pred2, target1, target2 = (norm(x) for x in (pred1, pred2, target1, target2))
+    b, num_masks, _ = pred1.shape
+    own_image = jax.nn.one_hot(jnp.arange(b), b)[:, None, :, None]
+
+    def same_id(query_ids, key_ids):
+        return (query_ids[:, :, None] == key_ids[:, None, :])[:, :, None, :].astype(jnp.float32)
+
+    def one_direction(pred, all_other, all_same, ids_query, ids_other):
+        positive = own_image * same_id(ids_query, ids_other)
+        excluded = own_image * same_id(ids_query, ids_query)
+        logits_other = jnp.einsum("irk,uvk->iruv", pred, all_other) / temperature
+        logits_same = jnp.einsum("irk,uvk->iruv", pred, all_same) / temperature - 1e9 * excluded
+        logits = jnp.concatenate([logits_other, logits_same], axis=2).reshape(b, num_masks, -1)
+        labels = jnp.concatenate([positive, jnp.zeros_like(positive)], axis=2)
+        labels = labels.reshape(b, num_masks, -1)
+        num_positives = labels.sum(-1)
+        labels = labels / jnp.maximum(num_positives, 1.0)[..., None]
+        count = same_id(ids_query, ids_query).sum(axis=(2, 3))
+        weight = (num_positives > 0).astype(jnp.float32) / count
+        ce = -jnp.sum(labels * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+        return jnp.mean(weight * ce)
+
+    return one_direction(pred1, target2, target1, ids1, ids2) + one_direction(
+        pred2, target1, target2, ids2, ids1
+    )
+
+
+def test_detcon_loss_equals_the_dense_label_formulation_in_value_and_gradient(rng):
+    pred1, pred2, target1, target2 = (
+        jnp.asarray(rng.normal(size=(6, 5, 8)), jnp.float32) for _ in range(4)
+    )
+    ids1, ids2 = rng.integers(0, 4, size=(6, 5)), rng.integers(0, 4, size=(6, 5))
+    args = (pred1, pred2, target1, target2, ids1, ids2)
+
+    def value_and_grads(loss):
+        return jax.jit(jax.value_and_grad(lambda *a: loss(*a, 0.1), argnums=(0, 1, 2, 3)))(*args)
+
+    value, grads = value_and_grads(losses.detcon_loss)
+    dense, dense_grads = value_and_grads(dense_detcon_loss)
+    np.testing.assert_allclose(value, dense, rtol=1e-5)
+    for a, b in zip(grads, dense_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
