@@ -65,12 +65,8 @@ def load_average() -> list[float] | None:
         return None
 
 
-def benchmark_step(
-    config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2, mesh=None
-) -> dict[str, Any]:
-    """Compile and time one train step of `config` on `mesh` (all devices by default);
-    returns the figures as a dict."""
-    mesh = sharding.make_mesh() if mesh is None else mesh
+def _setup(config: ml_collections.ConfigDict, mesh):
+    """(train_step, init, num_classes) built as training builds them."""
     sharding.check_batch_size(config.batch_size, mesh)
     total_steps = config.total_steps if config.total_steps > 0 else config.epochs * STEPS_PER_EPOCH
     method = get_method(config.method)(config, total_steps)
@@ -81,11 +77,35 @@ def benchmark_step(
     num_classes = info.num_classes if info is not None and config.online_probe else None
     size = config.dataset.image_size
     init = engine.make_init(method, tx, mesh, (size, size, 3), num_classes)
+    train_step = engine.make_train_step(method, tx, schedule, mesh, num_classes)
+    return train_step, init
+
+
+def traced_flops(config: ml_collections.ConfigDict, mesh=None) -> float | None:
+    """FLOPs per device of one step from XLA's cost analysis of the *unoptimised* program:
+    traced on abstract values, nothing compiled or run, so seconds even for ResNet-50 on
+    a CPU. The compiled count (`benchmark_step`) differs by the fusions XLA makes."""
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    train_step, init = _setup(config, mesh)
+    state = jax.eval_shape(init, jax.random.PRNGKey(0))
+    split = jax.sharding.NamedSharding(mesh, sharding.SPLIT)
+    local = random_batch(config, config.batch_size)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=split) for k, v in local.items()}
+    lowered = train_step.lower(state, batch, jax.random.PRNGKey(0))
+    return perf.step_flops(lowered)
+
+
+def benchmark_step(
+    config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2, mesh=None
+) -> dict[str, Any]:
+    """Compile and time one train step of `config` on `mesh` (all devices by default);
+    returns the figures as a dict."""
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    train_step, init = _setup(config, mesh)
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     state = init(init_rng)
     local = config.batch_size // jax.process_count()
     batch = sharding.global_batch(random_batch(config, local), mesh)
-    train_step = engine.make_train_step(method, tx, schedule, mesh, num_classes)
 
     start = time.perf_counter()
     compiled = train_step.lower(state, batch, step_rng).compile()
@@ -115,7 +135,7 @@ def benchmark_step(
     return {
         "config": config.method + (f":{config.preset}" if config.preset else ""),
         "model": f"{config.model.name} x{config.model.width:g}",
-        "image_size": size,
+        "image_size": config.dataset.image_size,
         "batch_size": config.batch_size,
         "devices": devices,
         "device_kind": device.device_kind,
