@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -278,3 +279,51 @@ def test_perceptual_command_reports_both_accuracies_and_saves_a_grid(two_stage, 
     assert again["reconstruction"] == result["reconstruction"]
     with pytest.raises(UserError, match="holds a classifier"):
         perceptual.run(argparse.Namespace(**{**vars(args), "classifier_epochs": 2}))
+
+
+class _ConcatenatedEvaluatorSaGe(SaGe):
+    """The earlier formulation: one evaluator pass over [view; x̃], split afterwards."""
+
+    def generation_loss(self, params, stats, frozen, view, feature_map):
+        from ssljax import losses
+
+        reconstruction, decoder_stats = self.reconstruct(params, stats, feature_map)
+        both = self.evaluator_features(frozen, jnp.concatenate([view, (reconstruction + 1) / 2]))
+        b = view.shape[0]
+        features, reconstruction_features = {}, {}
+        for level in sage.LEVELS:
+            features[level], reconstruction_features[level] = jnp.split(both[level], [b])
+        value, terms = losses.sage_generation_loss(
+            2.0 * view - 1.0, reconstruction, features, reconstruction_features, self.weights
+        )
+        return value, terms, decoder_stats
+
+
+def test_separate_evaluator_passes_equal_the_concatenated_pass_in_value_and_gradient():
+    config = _config(checkpoint="random")
+    config.bn_group = "local"
+    config.dataset.image_size = 16
+    rng = np.random.default_rng(1)
+    view = rng.uniform(size=(4, 16, 16, 3)).astype(np.float32)
+    results = []
+    for cls in (SaGe, _ConcatenatedEvaluatorSaGe):
+        method = cls(config, 10)
+        method.evaluator = method.evaluator.clone(
+            encoder=method.evaluator.encoder.clone(stage_sizes=ONE_BLOCK_A_STAGE)
+        )
+        fields = jax.jit(method.init)(jax.random.PRNGKey(0), view)
+        feature_map = rng.normal(size=(4, 2, 2, method.online.encoder.num_features))
+        feature_map = jnp.asarray(feature_map, jnp.float32) if not results else results[0][2]
+
+        def generation(params, feature_map, method=method, fields=fields):
+            stats = fields["batch_stats"]
+            value, _, _ = method.generation_loss(params, stats, fields["frozen"], view, feature_map)
+            return value
+
+        value, grads = jax.jit(jax.value_and_grad(generation, argnums=(0, 1)))(
+            fields["params"], feature_map
+        )
+        results.append((value, grads, feature_map))
+    (value, grads, _), (old_value, old_grads, _) = results
+    np.testing.assert_allclose(value, old_value, rtol=1e-5)
+    helpers.assert_trees_close(grads, old_grads, rtol=1e-4, atol=1e-6)

@@ -244,12 +244,14 @@ class SaGe(Byol):
         reconstruction, decoder_stats = self.reconstruct(params, stats, feature_map)
         features, reconstruction_features = {}, {}
         if self.evaluator is not None:
-            shown = (reconstruction + 1) / 2
-            both = self.evaluator_features(frozen, jnp.concatenate([view, shown]))
-            b = view.shape[0]
+            # Two inference-mode passes, not one over [view; x̃]: the same outputs, but the
+            # backward pass then runs over the b reconstructions only, not 2b images.
+            original = self.evaluator_features(frozen, jax.lax.stop_gradient(view))
+            shown = self.evaluator_features(frozen, (reconstruction + 1) / 2)
             for level in LEVELS:
-                if level in both:
-                    features[level], reconstruction_features[level] = jnp.split(both[level], [b])
+                if level in original:
+                    features[level] = jax.lax.stop_gradient(original[level])
+                    reconstruction_features[level] = shown[level]
         value, terms = losses.sage_generation_loss(
             2.0 * view - 1.0, reconstruction, features, reconstruction_features, self.weights
         )
