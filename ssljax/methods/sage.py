@@ -299,3 +299,6 @@ class SaGe(Byol):
             "metrics": {"loss_byol": byol, "loss_generation": generation, **terms},
         }
         return loss, aux
+
+
+METHOD = SaGe
