@@ -41,6 +41,7 @@ class Run:
     total_steps: int
     num_classes: int | None
     init: Callable[[jax.Array], TrainState]
+    builder: Any = None  # the dataset's tfds builder, opened once here
 
     @property
     def replicated(self) -> NamedSharding:
@@ -66,13 +67,7 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     mesh = sharding.make_mesh() if mesh is None else mesh
     validate(config, mesh)
     info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
-    num_train = builder.info.splits[config.dataset.train_split or info.train_split].num_examples
-    steps_per_epoch = pipeline.steps_per_epoch(config, num_train)
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"the training split has {num_train} images, fewer than one batch of "
-            f"{config.batch_size}; lower --config.batch_size"
-        )
+    steps_per_epoch = pipeline.train_steps_per_epoch(config, info, builder)
     total_steps = config.total_steps if config.total_steps > 0 else config.epochs * steps_per_epoch
     method = build_method(config, total_steps)
     tx, schedule = build_optimizer(
@@ -82,7 +77,17 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     size = config.dataset.image_size
     init = engine.make_init(method, tx, mesh, (size, size, 3), num_classes)
     return Run(
-        config, mesh, info, method, tx, schedule, steps_per_epoch, total_steps, num_classes, init
+        config,
+        mesh,
+        info,
+        method,
+        tx,
+        schedule,
+        steps_per_epoch,
+        total_steps,
+        num_classes,
+        init,
+        builder,
     )
 
 
@@ -202,7 +207,7 @@ def train(
     end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     _, step_rng = run.rngs()
     train_step = engine.make_train_step(run.method, run.tx, run.schedule, run.mesh, run.num_classes)
-    batches = pipeline.train_batches(config, start_step=start)
+    batches = pipeline.train_batches(config, start_step=start, dataset=(run.dataset, run.builder))
     logger = MetricsLogger(
         workdir, run.total_steps, run.steps_per_epoch, config.batch_size, start_step=start
     )
