@@ -16,7 +16,7 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from ssljax import engine, sharding
+from ssljax import engine, perf, sharding
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
@@ -212,7 +212,12 @@ def train(
         workdir, run.total_steps, run.steps_per_epoch, config.batch_size, start_step=start
     )
     for step in range(start + 1, end + 1):
-        state, metrics = train_step(state, sharding.global_batch(next(batches), run.mesh), step_rng)
+        with logger.waiting_for_data():
+            batch = sharding.global_batch(next(batches), run.mesh)
+        if step == start + 1:  # compile once, explicitly, to read the step's FLOPs
+            train_step = train_step.lower(state, batch, step_rng).compile()
+            logger.set_step_flops(perf.step_flops(train_step), config.model.dtype)
+        state, metrics = train_step(state, batch, step_rng)
         out_of_time = _out_of_time(deadline, step, config.log_every_steps)
         if out_of_time:
             metrics = dict(metrics, stopped_by_time_limit=1.0)
