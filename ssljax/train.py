@@ -118,7 +118,9 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
 
     `RUN_CONTROL_FIELDS` may change. A field absent from `saved` was added to ssljax after
     the run started; its default keeps the old behaviour (a rule for new fields), so it
-    does not count.
+    does not count. A field absent from `current` is one the method does not read (a
+    config holds only its method's fields; older ssljax wrote every field for every
+    method), so it does not count either.
     """
     control = RUN_CONTROL_FIELDS if not prefix else ()
     differences = []
@@ -130,9 +132,6 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
             differences += config_differences(saved[name], value, field + ".")
         elif saved[name] != value:
             differences.append(f"{field}: {saved[name]!r} → {value!r}")
-    differences += [
-        f"{prefix}{name}: removed" for name in saved if name not in current and name not in control
-    ]
     return differences
 
 
