@@ -32,6 +32,7 @@ setup(
     extras_require={
         "dev": ["pytest>=9.0.3", "ruff>=0.17.6"],
         "tpu": ["jax[tpu]>=0.10.2"],
-        "gpu": ["jax[cuda13]>=0.10.2"],
+        "gpu": ["jax[cuda13]>=0.10.2"],  # NVIDIA driver for CUDA 13
+        "gpu-cuda12": ["jax[cuda12]>=0.10.2"],  # older drivers (CUDA 12)
     },
 )

@@ -29,11 +29,10 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from ssljax import engine
 from ssljax.data import pipeline
 from ssljax.errors import UserError
 from ssljax.eval import features as feats
-from ssljax.methods.base import DATA_AXIS
+from ssljax.sharding import DATA_AXIS, REPLICATED, SPLIT, make_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +65,7 @@ class ShardedFeatures:
 
     def device_array(self, host: np.ndarray) -> jax.Array:
         """A per-row host array (`labels`, `valid`) sharded like the features."""
-        sharding = NamedSharding(self.mesh, engine.SPLIT)
+        sharding = NamedSharding(self.mesh, SPLIT)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     def to_numpy(self) -> np.ndarray:
@@ -77,7 +76,7 @@ class ShardedFeatures:
 
 def replicate(mesh: Mesh, tree: Any) -> Any:
     """Host values (the same on every process) as arrays replicated over `mesh`."""
-    sharding = NamedSharding(mesh, engine.REPLICATED)
+    sharding = NamedSharding(mesh, REPLICATED)
 
     def put(leaf):
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
@@ -107,7 +106,7 @@ def gather_rows(local_rows: jax.Array, layout_rows: jax.Array) -> jax.Array:
 def from_numpy(features: np.ndarray, labels: np.ndarray, mesh: Mesh | None = None):
     """Host features as `ShardedFeatures` (default: on this process's first device, the
     single-device computation); rows are padded to a multiple of the devices."""
-    mesh = engine.make_mesh(jax.local_devices()[:1]) if mesh is None else mesh
+    mesh = make_mesh(jax.local_devices()[:1]) if mesh is None else mesh
     features = np.asarray(features, np.float32).reshape(len(features), -1)
     count, devices = len(features), mesh.devices.size
     rows = -(-max(count, 1) // devices) * devices
@@ -115,7 +114,7 @@ def from_numpy(features: np.ndarray, labels: np.ndarray, mesh: Mesh | None = Non
     padded[:count] = features
     all_labels = np.full(rows, -1, np.int32)
     all_labels[:count] = labels
-    sharding = NamedSharding(mesh, engine.SPLIT)
+    sharding = NamedSharding(mesh, SPLIT)
     array = jax.make_array_from_callback(padded.shape, sharding, lambda index: padded[index])
     return ShardedFeatures(array, all_labels, np.arange(rows) < count, np.arange(count), mesh)
 
@@ -133,7 +132,7 @@ def extract(run: Any, variables: Any, split: str, raw_pixels: bool = False) -> S
     devices = mesh.devices.size
     batch_size = max(run.config.eval.batch_size // devices, 1) * devices
     local_batch = batch_size // jax.process_count()
-    split_sharding = NamedSharding(mesh, engine.SPLIT)
+    split_sharding = NamedSharding(mesh, SPLIT)
     position = {d.id: i for i, d in enumerate(mesh.devices.flat)}
 
     @jax.jit
@@ -185,7 +184,7 @@ def _build(mesh, blocks, labels, masks) -> ShardedFeatures:
 
 
 def _assemble(mesh, blocks, labels, valid, order) -> ShardedFeatures:
-    sharding = NamedSharding(mesh, engine.SPLIT)
+    sharding = NamedSharding(mesh, SPLIT)
     dim = next(iter(blocks.values())).shape[1]
     array = jax.make_array_from_single_device_arrays(
         (len(labels), dim), sharding, [blocks[p] for p in sorted(blocks)]

@@ -14,10 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from etils.epath import Path
 
-from ssljax import engine
 from ssljax.eval import bank, results
 from ssljax.eval import features as feats
-from ssljax.methods.base import DATA_AXIS
+from ssljax.sharding import DATA_AXIS, REPLICATED, SPLIT
 
 
 def knn_predict(
@@ -79,8 +78,8 @@ def predict(
         jax.shard_map(
             local,
             mesh=mesh,
-            in_specs=(engine.SPLIT,) * 4 + (engine.REPLICATED,),
-            out_specs=engine.REPLICATED,
+            in_specs=(SPLIT,) * 4 + (REPLICATED,),
+            out_specs=REPLICATED,
             check_vma=False,
         )
     )

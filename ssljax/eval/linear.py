@@ -27,11 +27,11 @@ import numpy as np
 import optax
 from etils.epath import Path
 
-from ssljax import engine
 from ssljax.errors import UserError
 from ssljax.eval import bank, results
 from ssljax.eval import features as feats
 from ssljax.models.heads import LinearClassifier
+from ssljax.sharding import REPLICATED, SPLIT
 
 BYOL_HOLDOUT = 10_009  # BYOL's local validation set: 10009 images of ImageNet's train split
 
@@ -136,7 +136,7 @@ def train_linear(
         (params, opt_state), loss = jax.lax.scan(step, (params, opt_state), (layout_rows, y))
         return params, opt_state, loss
 
-    replicated, split = engine.REPLICATED, engine.SPLIT
+    replicated, split = REPLICATED, SPLIT
     run = jax.jit(
         jax.shard_map(
             chunk,
@@ -179,12 +179,12 @@ def accuracy(
         top5 = jnp.any(top == y[:, None], axis=1) & real
         return jnp.sum(top1), jnp.sum(top5)
 
-    replicated = engine.REPLICATED
+    replicated = REPLICATED
     count = jax.jit(
         jax.shard_map(
             hits,
             mesh=mesh,
-            in_specs=(replicated, engine.SPLIT, replicated, replicated, replicated),
+            in_specs=(replicated, SPLIT, replicated, replicated, replicated),
             out_specs=replicated,
             check_vma=False,
         )
