@@ -12,6 +12,7 @@ setup(
     "in JAX/Flax on one sharded engine",
     packages=find_packages(include=["ssljax", "ssljax.*"]),
     python_requires=">=3.11",
+    license="Apache-2.0",
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",
