@@ -129,7 +129,8 @@ create() {
 }
 
 # The queued resource's state: WAITING_FOR_RESOURCES, PROVISIONING, ACTIVE, SUSPENDED
-# (preempted), FAILED... (empty when it does not exist).
+# (preempted), FAILED... (empty when it does not exist). A dry run prints the query and
+# answers DRY_RUN_STATE (default ACTIVE).
 queued_state() {
   if [[ $DRY_RUN == 1 ]]; then
     queued describe --format='value(state.state)' >&2
@@ -141,6 +142,10 @@ queued_state() {
 
 wait_until_active() {
   local state
+  if [[ $DRY_RUN == 1 ]]; then
+    queued_state >/dev/null # shows the polling command; a dry run does not wait
+    return 0
+  fi
   while true; do
     state=$(queued_state)
     echo "queued resource $QUEUED_RESOURCE: ${state:-missing}" >&2
@@ -176,13 +181,23 @@ EOF
 }
 
 # Start `python ARGS...` detached on every worker (it survives the ssh session), output
-# in ~/ssljax/logs/NAME.log on each worker.
+# in ~/ssljax/logs/NAME.log on each worker. One run at a time: a worker whose last run is
+# still alive (~/ssljax/logs/running.pid) refuses, since both would claim the TPU.
 detached_on_all_workers() {
   local name=$1
   shift
   local cmd
-  cmd="cd ~/$REMOTE_DIR && mkdir -p logs && TFDS_DATA_DIR=$(quote "$TFDS_DATA_DIR")"
-  cmd+=" nohup ~/$REMOTE_VENV/bin/python $(quote_all "$@") > logs/$name.log 2>&1 < /dev/null &"
+  cmd=$(
+    cat <<EOF
+cd ~/$REMOTE_DIR && mkdir -p logs
+if [ -f logs/running.pid ] && kill -0 "\$(cat logs/running.pid)" 2>/dev/null; then
+  echo "\$(hostname): ssljax is still running (pid \$(cat logs/running.pid)): wait for it, or stop it with: kill \$(cat logs/running.pid)" >&2
+  exit 3
+fi
+TFDS_DATA_DIR=$(quote "$TFDS_DATA_DIR") nohup ~/$REMOTE_VENV/bin/python $(quote_all "$@") > logs/$name.log 2>&1 < /dev/null &
+echo \$! > logs/running.pid
+EOF
+  )
   on_all_workers "$cmd"
   echo "started on all workers; follow with: launch/tpu_pod.sh logs $name" >&2
 }
@@ -217,7 +232,7 @@ status() {
     queued describe --format='value(state.state)'
   fi
   tpu describe --format='value(state,acceleratorType,runtimeVersion,health)'
-  on_all_workers "pgrep -af 'python.*(main.py|ssljax.eval)' || echo \"\$(hostname): idle\""
+  on_all_workers 'pid=$(cat ~/ssljax/logs/running.pid 2>/dev/null) && kill -0 "$pid" 2>/dev/null && echo "$(hostname): $(ps -o etime=,args= -p "$pid")" || echo "$(hostname): idle"'
 }
 
 remote_shell() {

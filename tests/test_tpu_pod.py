@@ -1,7 +1,9 @@
 """launch/tpu_pod.sh under a fake `gcloud` on PATH that records its argv (no Cloud access)."""
 
 import json
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import tarfile
@@ -204,8 +206,8 @@ def test_flags_reach_the_workers_byte_for_byte(fake, tmp_path, subcommand):
 def test_dry_run_lines_are_the_commands_a_shell_would_run(fake, tmp_path):
     launch, calls = fake
     out = launch("--dry-run", "train", "configs/byol.py", *AWKWARD, env=RUN_ENV)
-    (line,) = [x for x in out.stdout.splitlines() if x.startswith("gcloud ")]
-    words = shlex.split(line)
+    words = shlex.split(out.stdout)  # one command (over several lines)
+    assert words[:4] == ["gcloud", "compute", "tpus", "tpu-vm"] and calls() == []
     remote = _remote_argv(flag(words, "command"), tmp_path / "worker")
     assert remote["argv"][-len(AWKWARD) :] == AWKWARD
 
@@ -248,3 +250,24 @@ def test_resume_without_a_queued_resource_says_so(fake):
     launch, calls = fake
     out = launch("resume", "configs/byol.py", env=RUN_ENV)
     assert out.returncode == 2 and "SPOT=1" in out.stderr and calls() == []
+
+
+def test_a_worker_still_running_refuses_a_second_run(fake, tmp_path):
+    launch, calls = fake
+    assert launch("train", "configs/byol.py", env=RUN_ENV).returncode == 0
+    command = flag(calls()[0], "command")
+    home = tmp_path / "worker"
+    python = home / ".venvs" / "ssljax" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\nexec sleep 60\n")  # a run that is still going
+    python.chmod(0o755)
+    (home / "ssljax").mkdir()
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    first = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+    pid = int((home / "ssljax" / "logs" / "running.pid").read_text())
+    try:
+        second = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert first.returncode == 0
+    assert second.returncode == 3 and f"still running (pid {pid})" in second.stderr
