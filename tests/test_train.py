@@ -45,6 +45,9 @@ def test_metrics_rows_carry_the_documented_fields(config, tmp_path):
     train.train(config, tmp_path / "run", stop_at=1)
     (row,) = _rows(tmp_path / "run")
     assert {"step", "epoch", "loss", "lr", "tau", "images_per_sec", "online_top1"} <= set(row)
+    assert row["images_per_sec_per_device"] == pytest.approx(row["images_per_sec"] / 8)
+    assert 0.0 <= row["data_wait_fraction"] <= 1.0
+    assert row["mfu"] > 0  # from the compiled step's FLOPs and the measured CPU peak
     assert (tmp_path / "run" / "config.json").exists()
     assert any((tmp_path / "run" / "tensorboard").iterdir())
 
