@@ -16,7 +16,7 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from ssljax import engine, perf, sharding
+from ssljax import engine, perf, provenance, sharding
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
@@ -201,6 +201,7 @@ def train(
     if frozen is not None:
         state = state.replace(frozen=jax.device_put(frozen, run.replicated))
     start = int(jax.device_get(state.step))
+    provenance.record_start(workdir, start, list(run.mesh.devices.flat))
     if start:
         print(f"resuming from step {start} in {workdir}", flush=True)
     end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)

@@ -37,6 +37,8 @@ def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(config, tmp_pat
     assert [r["step"] for r in resumed_rows] == [1, 2, 3, 4]
     for name in ("loss", "lr", "tau", "online_top1"):
         assert [r[name] for r in resumed_rows] == [r[name] for r in full_rows], name
+    starts = json.loads((tmp_path / "resumed" / "run.json").read_text())["starts"]
+    assert [s["step"] for s in starts] == [0, 2]  # provenance of the start and the resume
 
 
 def test_metrics_rows_carry_the_documented_fields(config, tmp_path):
