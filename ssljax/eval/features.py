@@ -35,14 +35,21 @@ def load_encoder(
     checkpoint: int | None = None,
     random_init: bool = False,
     dataset: str | None = None,
+    network: str | None = None,
 ):
     """(run, encoder variables) of a training run: its newest (or `checkpoint`) state, or
-    with `random_init` the untrained network the run started from (same config and seed)."""
+    with `random_init` the untrained network the run started from (same config and seed).
+
+    `network`: 'online' or 'target' (`Method.encoder_variables`); None: the network the
+    method's paper evaluates (`Method.evaluated_network`). The variables are always in the
+    layout of `run.method.encoder` in inference mode.
+    """
     config = train.load_config(workdir)
     if dataset:
         config.dataset.name = dataset
         config.dataset.train_split = None
     run = train.setup(config)
+    network = run.method.network(network)  # an unknown network fails before restoring
     if random_init:
         state = run.init(run.rngs()[0])
     else:
@@ -50,9 +57,7 @@ def load_encoder(
         if checkpointer.latest_step() is None:
             raise UserError(f"no checkpoint in {workdir}: train first, or pass --random-init")
         state = train.restore_or_init(run, checkpointer, step=checkpoint)
-    batch_stats = (state.batch_stats or {}).get("encoder", {})  # a ViT has none
-    variables = {"params": state.params["encoder"], "batch_stats": batch_stats}
-    return run, variables
+    return run, run.method.encoder_variables(state, network)
 
 
 def checkpoint_step(workdir: str | Path, checkpoint: int | None = None) -> int | None:

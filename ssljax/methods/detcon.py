@@ -20,6 +20,10 @@ With one global mask (R = 1) the networks are exactly SimCLR's and BYOL's, DetCo
 loss is 2 × SimCLR's NT-Xent and DetCon_B's is BYOL's regression loss rescaled plus a
 log-partition over negatives (tests/test_detcon.py shows both). The online probe reads
 the globally pooled online features of view 1.
+
+Evaluated network: the online encoder; DetCon "retain[s] only the feature extractor f_θ and
+discard[s] ... any exponential moving averages" for downstream tasks. DetCon_B's EMA
+encoder is `--network=target`; DetCon_S has no other network.
 """
 
 from __future__ import annotations
