@@ -1,0 +1,5 @@
+"""Pre-trained encoders out of ssljax: PyTorch state_dicts for torchvision and timm.
+
+`python -m ssljax.export` (`__main__`) writes the file and its JSON card; `convert` maps
+the variables (numpy, no torch); `files` writes and reads them (`load_torch_model`).
+"""

@@ -84,9 +84,7 @@ def target(model: ml_collections.ConfigDict, image_size: int, format: str) -> Ta
                 "export MobileNetV2 with --format=torchvision (torchvision.models.mobilenet_v2)"
             )
         kwargs = {"weights": None} if width == 1 else {"weights": None, "width_mult": width}
-        return Target(
-            format, name, "torchvision.models.mobilenet_v2", (), kwargs, "classifier"
-        )
+        return Target(format, name, "torchvision.models.mobilenet_v2", (), kwargs, "classifier")
     if name in VIT_SIZES:
         if format != "timm":
             raise UserError(
