@@ -33,5 +33,14 @@ setup(
         "dev": ["pytest>=9.0.3", "ruff>=0.17.6"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda13]>=0.10.2"],
+        # python -m ssljax.export and its tests; never imported by training. torch 2.13's
+        # CPU wheel has no torchvision that imports beside it (PyPI's torchvision needs
+        # the CUDA build's libraries), so these are the CUDA builds, run on the CPU.
+        "export": [
+            "torch>=2.14.1",
+            "torchvision>=0.29.1",
+            "timm>=1.0.29",
+            "safetensors>=0.8.0",
+        ],
     },
 )

@@ -1,11 +1,14 @@
 """`python -m ssljax.export`: the exported encoder gives ssljax's features in torchvision/timm.
 
-One smoke run per architecture (module-scoped, one training step at 32 px) is exported,
-loaded with `strict=True` by the library's own constructor and fed 4 photos normalised
-the way that library's users do; its pooled features must equal `ssljax.load_encoder`'s.
+A run directory per architecture (module-scoped, 32 px: a one-step BYOL run for ResNet-18,
+a randomised checkpoint for the others) is exported, loaded with `strict=True` by the
+library's own constructor and fed 4 photos normalised the way that library's users do;
+its pooled features must equal `ssljax.load_encoder`'s.
 """
 
+import importlib.util
 import json
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -15,20 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-# The CUDA build of torch imports triton through torch._dynamo (torchvision imports it), and
-# triton's LLVM crashes a process that loaded TensorFlow first, as conftest does. The CPU
-# needs no triton: hide it.
-sys.modules.setdefault("triton", None)
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
-timm = pytest.importorskip("timm")
-safetensors_torch = pytest.importorskip("safetensors.torch")
+import ssljax
+from ssljax import configlib, train
+from ssljax.checkpoint import Checkpointer
+from ssljax.export import convert, files
+from ssljax.export.__main__ import main as export_main
+from ssljax.models.backbones import build_backbone
 
-import ssljax  # noqa: E402
-from ssljax import configlib, train  # noqa: E402
-from ssljax.export import convert, files  # noqa: E402
-from ssljax.export.__main__ import main as export_main  # noqa: E402
-from ssljax.models.backbones import build_backbone  # noqa: E402
+LIBRARIES = ("torch", "torchvision", "timm", "safetensors")
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None for name in LIBRARIES),
+    reason="needs the export extra: pip install -e '.[export]'",
+)
 
 ROOT = Path(__file__).parent.parent
 RELATIVE_TOLERANCE = 1e-4
@@ -64,75 +65,6 @@ def _smoke_config(name: str, **model):
     return config
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    """name -> workdir of a one-step BYOL run, trained on first use."""
-    runs = {}
-
-    def get(name):
-        if name not in runs:
-            workdir = tmp_path_factory.mktemp(name)
-            train.train(_smoke_config(name, **EXPORTS[name][2]), workdir)
-            runs[name] = workdir
-        return runs[name]
-
-    return get
-
-
-def _torch_features(model, images: np.ndarray, mean, std) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        return model.eval()(x).numpy()
-
-
-def _relative_error(theirs: np.ndarray, ours: np.ndarray) -> float:
-    return float(np.abs(theirs - ours).max() / np.abs(ours).max())
-
-
-def _library_model(name: str, card: dict):
-    """The model built the way a torchvision / timm user builds it, without ssljax."""
-    if card["format"] == "torchvision":
-        model = getattr(torchvision.models, name)(weights=None)
-        setattr(model, card["identity_head"], torch.nn.Identity())
-        return model
-    return timm.create_model(*card["args"], **card["kwargs"])
-
-
-@pytest.mark.parametrize("name", list(EXPORTS))
-def test_exported_encoder_gives_ssljax_features_in_its_library(name, smoke_runs, tmp_path):
-    workdir = smoke_runs(name)
-    format, suffix, _ = EXPORTS[name]
-    out = tmp_path / f"{name}{suffix}"
-    export_main([f"--workdir={workdir}", f"--format={format}", f"--out={out}"])
-    card = json.loads(out.with_suffix(".json").read_text())
-    assert card["strict"] and card["input_size"] == [3, 32, 32]
-    assert card["source"]["network"] == "online" and card["source"]["checkpoint"] == 1
-
-    model = _library_model(name, card)
-    state_dict = (
-        safetensors_torch.load_file(str(out))
-        if suffix == ".safetensors"
-        else torch.load(out, weights_only=True)
-    )
-    model.load_state_dict(state_dict, strict=True)
-    mean, std = card["mean"], card["std"]
-    if card["format"] == "timm":  # a timm user takes mean/std from timm's data config
-        data_config = timm.data.resolve_data_config({}, model=model)
-        assert list(data_config["mean"]) == mean and list(data_config["std"]) == std
-
-    images = _photos()
-    encoder = ssljax.load_encoder(str(workdir))
-    ours = np.asarray(encoder(jnp.asarray(images))["pooled"])
-    theirs = _torch_features(model, images, mean, std)
-    assert theirs.shape == ours.shape == (4, card["num_features"])
-    error = _relative_error(theirs, ours)
-    print(f"{name} {format}{suffix}: max relative difference {error:.2e}")
-    assert error < RELATIVE_TOLERANCE
-    reloaded = _torch_features(files.load_torch_model(out), images, mean, std)
-    np.testing.assert_array_equal(reloaded, theirs)
-
-
 def _randomised(tree, seed: int):
     """Every float leaf moved by N(0, 0.1²) (variances kept positive): BN scales away from 0
     and statistics away from (0, 1), so a wrongly mapped tensor cannot hide."""
@@ -140,10 +72,104 @@ def _randomised(tree, seed: int):
 
     def move(path, leaf):
         leaf = np.asarray(leaf)
-        moved = leaf + rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)
-        return np.abs(moved) + 0.5 if path[-1].key == "var" else moved
+        if leaf.dtype.kind != "f":
+            return leaf
+        moved = leaf + rng.normal(0.0, 0.1, leaf.shape).astype(leaf.dtype)
+        return np.abs(moved) + 0.5 if getattr(path[-1], "key", None) == "var" else moved
 
     return jax.tree_util.tree_map_with_path(move, tree)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A one-step BYOL run of a width-1 ResNet-18 with the standard stem at 32 px."""
+    workdir = tmp_path_factory.mktemp("resnet18")
+    train.train(_smoke_config("resnet18"), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def runs(trained_run, tmp_path_factory):
+    """name -> workdir: the trained ResNet-18, or a run directory whose only checkpoint
+    holds the initial state with every weight and statistic randomised (one compiled
+    training step per architecture would cost more than the whole test budget)."""
+    made = {"resnet18": trained_run}
+
+    def get(name):
+        if name not in made:
+            workdir = tmp_path_factory.mktemp(name)
+            config = _smoke_config(name, **EXPORTS[name][2])
+            train.save_config(config, workdir)
+            run = train.setup(config)
+            state = jax.device_get(run.init(run.rngs()[0]))
+            fields = ("params", "batch_stats", "target_params", "target_batch_stats")
+            state = state.replace(
+                **{f: _randomised(getattr(state, f), i) for i, f in enumerate(fields)}
+            )
+            checkpointer = Checkpointer(workdir / "checkpoints", asynchronous=False)
+            checkpointer.save(1, jax.device_put(state, run.replicated), force=True)
+            checkpointer.close()
+            made[name] = workdir
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def torch_worker(tmp_path_factory):
+    """`tests/torch_worker.py` in its own process (no TensorFlow/JAX in it); call it with
+    (exported file, card) → (features of `_photos()`, the mean/std the library user fed)."""
+    folder = tmp_path_factory.mktemp("torch_worker")
+    images = folder / "photos.npy"
+    np.save(images, _photos())
+    stderr = open(folder / "stderr.txt", "w")
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "torch_worker.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+    ready = worker.stdout.readline()
+    assert ready, (folder / "stderr.txt").read_text()
+    calls = iter(range(10**6))
+
+    def features(path: Path, card: dict) -> tuple[np.ndarray, dict]:
+        out = folder / f"features_{next(calls)}.npy"
+        request = {"file": str(path), "card": card, "images": str(images), "features": str(out)}
+        worker.stdin.write(json.dumps(request) + "\n")
+        worker.stdin.flush()
+        reply = json.loads(worker.stdout.readline())
+        assert "error" not in reply, reply["error"]
+        return np.load(out), reply
+
+    yield features
+    worker.stdin.close()
+    worker.wait(timeout=60)
+    stderr.close()
+
+
+def _relative_error(theirs: np.ndarray, ours: np.ndarray) -> float:
+    return float(np.abs(theirs - ours).max() / np.abs(ours).max())
+
+
+@pytest.mark.parametrize("name", list(EXPORTS))
+def test_exported_encoder_gives_ssljax_features_in_its_library(name, runs, torch_worker, tmp_path):
+    workdir = runs(name)
+    format, suffix, _ = EXPORTS[name]
+    out = tmp_path / f"{name}{suffix}"
+    export_main([f"--workdir={workdir}", f"--format={format}", f"--out={out}"])
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["strict"] and card["input_size"] == [3, 32, 32]
+    assert card["source"]["network"] == "online" and card["source"]["checkpoint"] == 1
+
+    theirs, fed = torch_worker(out, card)  # strict=True load by the library's constructor
+    assert (fed["mean"], fed["std"]) == (card["mean"], card["std"])  # timm: its data config
+    ours = np.asarray(ssljax.load_encoder(str(workdir))(jnp.asarray(_photos()))["pooled"])
+    assert theirs.shape == ours.shape == (4, card["num_features"])
+    error = _relative_error(theirs, ours)
+    print(f"{name} {format}{suffix}: max relative difference {error:.2e}")
+    assert error < RELATIVE_TOLERANCE
 
 
 @pytest.mark.parametrize(
@@ -155,21 +181,21 @@ def _randomised(tree, seed: int):
         ("vit_small", "timm", {"patch_size": 8, "depth": 1, "width": 0.5}),
     ],
 )
-def test_conversion_is_exact_for_every_tensor(name, format, model):
+def test_conversion_is_exact_for_every_tensor(name, format, model, torch_worker, tmp_path):
     config = _smoke_config(name, **model).model
     module = build_backbone(config, 32, axis_name=None)
     images = jnp.asarray(_photos())
     variables = jax.jit(lambda: module.init(jax.random.PRNGKey(0), images, train=False))()
     variables = _randomised(dict(variables), seed=1)
     variables.setdefault("batch_stats", {})
-    ours = np.asarray(jax.jit(module.apply, static_argnames="train")(variables, images, False))
+    ours = jax.jit(module.apply, static_argnames="train")(variables, images, False)["pooled"]
     spec = convert.target(config, 32, format)
-    card = {"constructor": spec.constructor, "args": spec.args, "kwargs": spec.kwargs}
-    model = files.build_torch_model({**card, "identity_head": spec.identity_head})
-    state_dict = convert.state_dict(module, variables, spec)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})
+    out = tmp_path / f"{name}.safetensors"
+    files.write_state_dict(out, convert.state_dict(module, variables, spec))
     mean, std = convert.input_mean_std(module, spec)
-    assert _relative_error(_torch_features(model, _photos(), mean, std), ours["pooled"]) < 1e-5
+    card = {**vars(spec), "args": list(spec.args), "mean": mean, "std": std}
+    theirs, _ = torch_worker(out, card)
+    assert _relative_error(theirs, np.asarray(ours)) < 1e-5
 
 
 @pytest.mark.parametrize(
@@ -196,11 +222,11 @@ def test_a_pair_no_library_has_exits_2_with_one_line_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
-def test_an_unknown_file_suffix_exits_2(smoke_runs, tmp_path, capsys):
+def test_an_unknown_file_suffix_exits_2(trained_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         export_main(
             [
-                f"--workdir={smoke_runs('resnet18')}",
+                f"--workdir={trained_run}",
                 "--format=torchvision",
                 f"--out={tmp_path}/x.h5",
             ]
@@ -209,9 +235,11 @@ def test_an_unknown_file_suffix_exits_2(smoke_runs, tmp_path, capsys):
 
 
 def test_target_network_exports_and_evaluates_other_weights_than_online(
-    smoke_runs, tmp_path, monkeypatch
+    trained_run, tmp_path, monkeypatch
 ):
-    workdir = smoke_runs("resnet18")
+    from safetensors.numpy import load_file
+
+    workdir = trained_run
     exported = {}
     for network in ("online", "target"):
         out = tmp_path / f"{network}.safetensors"
@@ -219,9 +247,9 @@ def test_target_network_exports_and_evaluates_other_weights_than_online(
             [f"--workdir={workdir}", "--format=torchvision", f"--out={out}", f"--network={network}"]
         )
         assert json.loads(out.with_suffix(".json").read_text())["source"]["network"] == network
-        exported[network] = safetensors_torch.load_file(str(out))
+        exported[network] = load_file(str(out))
     differing = [
-        k for k, v in exported["online"].items() if not torch.equal(v, exported["target"][k])
+        k for k, v in exported["online"].items() if not np.array_equal(v, exported["target"][k])
     ]
     assert "conv1.weight" in differing and "layer4.1.conv2.weight" in differing
 
@@ -237,12 +265,11 @@ def test_target_network_exports_and_evaluates_other_weights_than_online(
     target = knn.evaluate(str(workdir), network="target", ks=(1,))
     knn.evaluate(str(workdir), ks=(1,))
     assert target["network"] == "target" and (workdir / "eval" / "knn_target.json").exists()
-    kernel = ("params", "stem_conv", "kernel")
     online_kernel = np.asarray(seen["step_1"]["params"]["stem_conv"]["kernel"])
     target_kernel = np.asarray(seen["step_1_target"]["params"]["stem_conv"]["kernel"])
-    assert not np.array_equal(online_kernel, target_kernel), kernel
+    assert not np.array_equal(online_kernel, target_kernel)
     np.testing.assert_allclose(
-        exported["target"]["conv1.weight"].numpy(), target_kernel.transpose(3, 2, 0, 1)
+        exported["target"]["conv1.weight"], target_kernel.transpose(3, 2, 0, 1)
     )
 
 
