@@ -253,15 +253,15 @@ def test_target_network_exports_and_evaluates_other_weights_than_online(
     ]
     assert "conv1.weight" in differing and "layer4.1.conv2.weight" in differing
 
-    from ssljax.eval import features, knn
+    from ssljax.eval import bank, knn
 
     seen = {}
 
-    def fake_features(run, variables, split, workdir, tag, raw_pixels=False):
+    def fake_bank(run, variables, split, workdir, tag, raw_pixels=False):
         seen[tag] = variables
-        return np.eye(4, dtype=np.float32), np.arange(4)
+        return bank.from_numpy(np.eye(8, dtype=np.float32), np.arange(8))
 
-    monkeypatch.setattr(features, "cached_features", fake_features)
+    monkeypatch.setattr(bank, "cached", fake_bank)
     target = knn.evaluate(str(workdir), network="target", ks=(1,))
     knn.evaluate(str(workdir), ks=(1,))
     assert target["network"] == "target" and (workdir / "eval" / "knn_target.json").exists()

@@ -53,3 +53,6 @@ class Byol(EmaTargetMethod):
             "features": online1["pooled"],
         }
         return loss, aux
+
+
+METHOD = Byol

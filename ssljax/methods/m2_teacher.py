@@ -40,7 +40,6 @@ import ml_collections
 from ssljax import losses
 from ssljax.errors import UserError
 from ssljax.methods.base import (
-    DATA_AXIS,
     EmaTargetMethod,
     Method,
     SiameseNetwork,
@@ -55,6 +54,7 @@ from ssljax.models.momentum_norm import (
     lazy_update,
     momentum_batch_norm,
 )
+from ssljax.sharding import DATA_AXIS
 
 TEACHER_BN = ("momentum", "batch")
 
@@ -174,3 +174,6 @@ class MomentumSquaredTeacher(EmaTargetMethod):
             target2["projection"],
         )
         return loss, {"updates": updates, "features": online1["pooled"]}
+
+
+METHOD = MomentumSquaredTeacher

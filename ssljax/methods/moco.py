@@ -40,7 +40,6 @@ import jax.numpy as jnp
 from ssljax import losses
 from ssljax.errors import UserError
 from ssljax.methods.base import (
-    DATA_AXIS,
     EmaTargetMethod,
     SiameseNetwork,
     apply_train,
@@ -55,6 +54,7 @@ from ssljax.models.momentum_norm import (
     momentum_batch_norm,
 )
 from ssljax.models.norm import parse_bn_group
+from ssljax.sharding import DATA_AXIS
 
 KEY_BN = ("shuffle", "local", "sync", "momentum")
 MOMENTUM_BN_EPSILON = 1e-5  # `momentum_batch_norm`'s default, which the key encoder uses
@@ -245,3 +245,6 @@ class MoCo(EmaTargetMethod):
             },
         }
         return loss, aux
+
+
+METHOD = MoCo
