@@ -17,4 +17,4 @@ def test_import_ssljax_loads_neither_jax_nor_torch_until_load_encoder_is_used():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ssljax.encoder"
+    assert done.stdout.strip() == "ssljax.export.encoder"

@@ -56,12 +56,12 @@ def export(
 ) -> dict:
     """Write `out` and its JSON card; returns the card. Every check that can fail on the
     user's input runs before anything is read from the checkpoint or written."""
-    from ssljax import train
-    from ssljax.encoder import load_encoder
     from ssljax.export import convert, files
+    from ssljax.export.encoder import load_encoder
+    from ssljax.run import load_config
 
     path = files.check_out_path(out)
-    config = train.load_config(workdir)
+    config = load_config(workdir)
     size = config.dataset.image_size
     spec = convert.target(config.model, size, format)
     encoder = load_encoder(workdir, network, checkpoint, random_init)

@@ -57,8 +57,11 @@ def load_encoder(
     teacher for DINO and Momentum² Teacher, the online/query encoder otherwise).
     `random_init`: the untrained network of the same config.
     """
-    from ssljax.eval import features
+    from ssljax.run import load_run
 
-    run, variables = features.load_encoder(workdir, checkpoint, random_init, network=network)
-    step = None if random_init else features.checkpoint_step(workdir, checkpoint)
-    return Encoder(run.method.encoder, variables, run.config, run.method.network(network), step)
+    loaded = load_run(workdir, checkpoint, random_init=random_init)
+    variables = loaded.encoder_variables(network)
+    step = None if random_init else loaded.step
+    return Encoder(
+        loaded.method.encoder, variables, loaded.config, loaded.method.network(network), step
+    )
