@@ -66,8 +66,7 @@ def main() -> None:
     from ssljax import configlib, train
 
     config = configlib.load(str(ROOT / "configs" / "byol.py"))  # imagenet preset: ResNet-50
-    config.dataset.name = "fashion_mnist"  # only for the run's setup; the export reads none
-    train.save_config(config, workdir)
+    train.save_config(config, workdir)  # a run directory; --random-init needs no checkpoint
 
     results = {"machine": f"{platform.node()} {os.cpu_count()} CPUs", "load": os.getloadavg()}
     for suffix in (".pth", ".safetensors"):
