@@ -35,5 +35,14 @@ setup(
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda13]>=0.10.2"],  # NVIDIA driver for CUDA 13
         "gpu-cuda12": ["jax[cuda12]>=0.10.2"],  # older drivers (CUDA 12)
+        # python -m ssljax.export and its tests; never imported by training. torch 2.13's
+        # CPU wheel has no torchvision that imports beside it (PyPI's torchvision needs
+        # the CUDA build's libraries), so these are the CUDA builds, run on the CPU.
+        "export": [
+            "torch>=2.14.1",
+            "torchvision>=0.29.1",
+            "timm>=1.0.29",
+            "safetensors>=0.8.0",
+        ],
     },
 )

@@ -62,11 +62,17 @@ def load_encoder(
     checkpoint: int | None = None,
     random_init: bool = False,
     dataset: str | None = None,
+    network: str | None = None,
 ):
     """(run, encoder variables) of a training run: its newest (or `checkpoint`) state, or
-    with `random_init` the untrained network the run started from (same config and seed)."""
+    with `random_init` the untrained network the run started from (same config and seed).
+
+    `network`: 'online' or 'target'; None: the network the method's paper evaluates
+    (`Method.evaluated_network`). The variables are in the layout of `run.method.encoder`
+    in inference mode (`Method.encoder_variables`).
+    """
     loaded = load_run(workdir, checkpoint, random_init=random_init)
-    return evaluation_run(loaded, dataset), loaded.encoder_variables()
+    return evaluation_run(loaded, dataset), loaded.encoder_variables(network)
 
 
 def checkpoint_step(workdir: str | Path, checkpoint: int | None = None) -> int | None:

@@ -107,13 +107,18 @@ def evaluate(
     raw_pixels: bool = False,
     dataset: str | None = None,
     ks: tuple[int, ...] | None = None,
+    network: str | None = None,
 ) -> dict:
     """k-NN top-1 of a run's encoder (`random_init`: of its untrained network; `raw_pixels`:
-    of the flattened evaluation images). Writes `DIR/eval/knn*.json` (see `results`)."""
-    run, variables = feats.load_encoder(workdir, checkpoint, random_init or raw_pixels, dataset)
+    of the flattened evaluation images; `network`: 'online' or 'target', default the one
+    the method's paper evaluates). Writes `DIR/eval/knn*.json` (see `results`)."""
+    run, variables = feats.load_encoder(
+        workdir, checkpoint, random_init or raw_pixels, dataset, network
+    )
     config = run.config
+    network = run.method.network(network)
     kind = results.features_kind(random_init, raw_pixels)
-    tag = None if raw_pixels else results.cache_tag(workdir, checkpoint, random_init)
+    tag = None if raw_pixels else results.cache_tag(workdir, checkpoint, random_init, network)
 
     def extract(split):
         return bank.cached(run, variables, split, workdir, tag, raw_pixels)
@@ -127,6 +132,7 @@ def evaluate(
         "workdir": str(workdir),
         "dataset": config.dataset.name,
         "features": kind,
+        "network": network,
         "k": config.eval.knn_k,
         "temperature": config.eval.knn_temperature,
         "num_memory": int(len(memory)),
@@ -138,7 +144,8 @@ def evaluate(
     result["top1"] = result[f"top1_k{config.eval.knn_k}"]
     if kind == "trained":
         result["checkpoint"] = feats.checkpoint_step(workdir, checkpoint)
-    name = results.result_name(workdir, "knn", dataset, kind, checkpoint)
+    suffix = "" if raw_pixels else results.network_suffix(run.method, network)
+    name = results.result_name(workdir, "knn", dataset, kind, checkpoint, suffix)
     results.write_result(workdir, name, result)
     return result
 

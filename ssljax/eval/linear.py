@@ -240,20 +240,25 @@ def evaluate(
     dataset: str | None = None,
     epochs: int | None = None,
     raw_pixels: bool = False,
+    network: str | None = None,
 ) -> dict:
     """Linear top-1/top-5 of a run's encoder (`random_init`: of its untrained network;
-    `raw_pixels`: of the flattened evaluation images).
+    `raw_pixels`: of the flattened evaluation images; `network`: 'online' or 'target',
+    default the one the method's paper evaluates).
 
     Writes `DIR/eval/linear.json` (`linear_byol.json` for the byol protocol; suffixes as
     `ssljax.eval.results` says).
     """
     recipe = get_protocol(protocol, epochs)
-    run, variables = feats.load_encoder(workdir, checkpoint, random_init or raw_pixels, dataset)
+    run, variables = feats.load_encoder(
+        workdir, checkpoint, random_init or raw_pixels, dataset, network
+    )
+    network = run.method.network(network)
     num_classes = run.dataset.num_classes
     if not num_classes:
         raise UserError(f"{run.dataset.name} has no labels: no linear evaluation")
     kind = results.features_kind(random_init, raw_pixels)
-    tag = None if raw_pixels else results.cache_tag(workdir, checkpoint, random_init)
+    tag = None if raw_pixels else results.cache_tag(workdir, checkpoint, random_init, network)
     train = bank.cached(run, variables, run.dataset.memory_split, workdir, tag, raw_pixels)
     test = bank.cached(run, variables, run.dataset.test_split, workdir, tag, raw_pixels)
     params, lr, scores = select_and_train(train, None, num_classes, recipe, run.config.seed)
@@ -263,6 +268,7 @@ def evaluate(
         "workdir": str(workdir),
         "dataset": run.config.dataset.name,
         "features": kind,
+        "network": network,
         **accuracy(params, test, None, num_classes),
         "lr": lr,
         "epochs": recipe.epochs,
@@ -275,7 +281,8 @@ def evaluate(
     if kind == "trained":
         result["checkpoint"] = feats.checkpoint_step(workdir, checkpoint)
     base = "linear" if protocol == "moco" else f"linear_{protocol}"
+    suffix = "" if raw_pixels else results.network_suffix(run.method, network)
     results.write_result(
-        workdir, results.result_name(workdir, base, dataset, kind, checkpoint), result
+        workdir, results.result_name(workdir, base, dataset, kind, checkpoint, suffix), result
     )
     return result

@@ -156,10 +156,13 @@ def evaluate(
     epochs: int | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    network: str | None = None,
 ) -> dict:
-    """Fine-tune a run's encoder (`random_init`: its untrained network) on a `fraction`
-    subset and score it; writes `DIR/eval/semi_<pct>pct*.json`."""
-    run, variables = feats.load_encoder(workdir, checkpoint, random_init, dataset)
+    """Fine-tune a run's encoder (`random_init`: its untrained network; `network`: 'online'
+    or 'target', default the one the method's paper evaluates) on a `fraction` subset and
+    score it; writes `DIR/eval/semi_<pct>pct*.json`."""
+    run, variables = feats.load_encoder(workdir, checkpoint, random_init, dataset, network)
+    network = run.method.network(network)
     num_classes = run.dataset.num_classes
     if not num_classes:
         raise UserError(f"{run.dataset.name} has no labels: no semi-supervised evaluation")
@@ -174,6 +177,7 @@ def evaluate(
         "workdir": str(workdir),
         "dataset": run.config.dataset.name,
         "features": kind,
+        "network": network,
         "fraction": fraction,
         **linear.accuracy(head, test_x, test_y, num_classes),
         "num_train": int(len(subset)),
@@ -189,7 +193,8 @@ def evaluate(
     if kind == "trained":
         result["checkpoint"] = feats.checkpoint_step(workdir, checkpoint)
     base = f"semi_{fraction * 100:g}pct".replace(".", "p")
+    suffix = results.network_suffix(run.method, network)
     results.write_result(
-        workdir, results.result_name(workdir, base, dataset, kind, checkpoint), result
+        workdir, results.result_name(workdir, base, dataset, kind, checkpoint, suffix), result
     )
     return result

@@ -12,6 +12,12 @@ first 30 epochs; the last layer gets no gradient during the first epoch.
 The centre c (TrainState.center, [K]) is c ← 0.9·c + 0.1·mean of the teacher outputs of
 the global batch. The mean is a pmean over the `data` axis inside the loss, so c comes
 out identical on every device and the engine passes it through unchanged.
+
+Evaluated network: the teacher (`target`, the default of `python -m ssljax.eval` and
+`python -m ssljax.export`): DINO reports the teacher, which performs better than the
+student throughout training (Caron et al. 2021, the teacher-network ablation), and its
+evaluation code loads the teacher's weights by default. `--network=online` gives the
+student.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class WeightNormDense(nn.Module):
 
 class Dino(EmaTargetMethod):
     target_keys = ("encoder", HEAD)
+    evaluated_network = "target"
 
     def __init__(self, config, total_steps):
         super().__init__(config, total_steps)
