@@ -57,6 +57,9 @@ def _replace(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # safetensors creates its file private (0600)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
