@@ -49,6 +49,7 @@ byol = configlib.load_module(Path(__file__).with_name("byol.py"))
 
 
 def sage_defaults(config):
+    configlib.byol_fields(config)
     config.method = "sage"
     config.generation_weight = 1.0
     config.generation = ml_collections.ConfigDict(
@@ -73,7 +74,7 @@ def sage_defaults(config):
 
 
 def imagenet(config):
-    pass  # base_config() and sage_defaults() hold the paper's values
+    pass  # configlib.byol_fields() and sage_defaults() hold the paper's values
 
 
 def fashion_mnist(config):

@@ -95,6 +95,7 @@ def view_sampling(config, variant: str, reference_size: int = 224):
 
 def dino_defaults(config):
     multicrop_defaults(config)
+    configlib.bn_group(config)
     config.method = "dino"
     config.tau_base = 0.996
     config.tau_schedule = "cosine"
@@ -152,7 +153,8 @@ def small_cpu(config, variant: str):
     config.optimizer.base_lr = 1.0  # LR 0.25, the LR of the one probe run (B 128, base 0.48)
     config.optimizer.weight_decay = 1e-5
     config.optimizer.warmup_epochs = 0.1
-    config.tau_base = 0.99
+    if "tau_base" in config:  # an EMA target (DINO's teacher, MoCo's key encoder)
+        config.tau_base = 0.99
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500
     view_sampling(config, variant)

@@ -16,14 +16,14 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from ssljax import engine, perf, sharding
+from ssljax import engine, perf, provenance, sharding
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
 from ssljax.logger import MetricsLogger
-from ssljax.methods import get_method
 from ssljax.methods.base import Method
 from ssljax.optim import build_optimizer
+from ssljax.run import build_method, initial_rngs, load_config, load_run
 from ssljax.train_state import TrainState
 
 
@@ -41,6 +41,7 @@ class Run:
     total_steps: int
     num_classes: int | None
     init: Callable[[jax.Array], TrainState]
+    builder: Any = None  # the dataset's tfds builder, opened once here
 
     @property
     def replicated(self) -> NamedSharding:
@@ -48,8 +49,7 @@ class Run:
 
     def rngs(self) -> tuple[jax.Array, jax.Array]:
         """(init rng, step rng), both from `config.seed`."""
-        init_rng, step_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
-        return init_rng, step_rng
+        return initial_rngs(self.config)
 
 
 def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -67,15 +67,9 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     mesh = sharding.make_mesh() if mesh is None else mesh
     validate(config, mesh)
     info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
-    num_train = builder.info.splits[config.dataset.train_split or info.train_split].num_examples
-    steps_per_epoch = pipeline.steps_per_epoch(config, num_train)
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"the training split has {num_train} images, fewer than one batch of "
-            f"{config.batch_size}; lower --config.batch_size"
-        )
+    steps_per_epoch = pipeline.train_steps_per_epoch(config, info, builder)
     total_steps = config.total_steps if config.total_steps > 0 else config.epochs * steps_per_epoch
-    method = get_method(config.method)(config, total_steps)
+    method = build_method(config, total_steps)
     tx, schedule = build_optimizer(
         config.optimizer, config.batch_size, steps_per_epoch, total_steps
     )
@@ -83,7 +77,17 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     size = config.dataset.image_size
     init = engine.make_init(method, tx, mesh, (size, size, 3), num_classes)
     return Run(
-        config, mesh, info, method, tx, schedule, steps_per_epoch, total_steps, num_classes, init
+        config,
+        mesh,
+        info,
+        method,
+        tx,
+        schedule,
+        steps_per_epoch,
+        total_steps,
+        num_classes,
+        init,
+        builder,
     )
 
 
@@ -114,7 +118,9 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
 
     `RUN_CONTROL_FIELDS` may change. A field absent from `saved` was added to ssljax after
     the run started; its default keeps the old behaviour (a rule for new fields), so it
-    does not count.
+    does not count. A field absent from `current` is one the method does not read (a
+    config holds only its method's fields; older ssljax wrote every field for every
+    method), so it does not count either.
     """
     control = RUN_CONTROL_FIELDS if not prefix else ()
     differences = []
@@ -126,17 +132,7 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
             differences += config_differences(saved[name], value, field + ".")
         elif saved[name] != value:
             differences.append(f"{field}: {saved[name]!r} → {value!r}")
-    differences += [
-        f"{prefix}{name}: removed" for name in saved if name not in current and name not in control
-    ]
     return differences
-
-
-def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise UserError(f"{path} not found: is {workdir} the --workdir of a training run?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def restore_or_init(run: Run, checkpointer: Checkpointer, step: int | None = None) -> TrainState:
@@ -148,6 +144,23 @@ def restore_or_init(run: Run, checkpointer: Checkpointer, step: int | None = Non
     if step is not None and step not in checkpointer.all_steps():
         raise UserError(f"no checkpoint for step {step}; saved: {checkpointer.all_steps()}")
     return checkpointer.restore(run.init, init_rng, run.replicated, step)
+
+
+def load_frozen(method: Method) -> Any:
+    """Host values of `TrainState.frozen` for a new run of `method` (None: keep `init`'s).
+
+    The method names the run whose networks it keeps frozen and checks what it gets
+    (`Method.frozen_source`, `.check_frozen_config`, `.frozen_from`); the run is loaded
+    here, through `ssljax.run`, so that no method imports the loader or the trainer.
+    Called once before a new run writes anything; never on resume, where the run's own
+    checkpoint holds the frozen values.
+    """
+    source = method.frozen_source()
+    if source is None:
+        return None
+    workdir, step = source
+    method.check_frozen_config(load_config(workdir))
+    return jax.device_get(method.frozen_from(load_run(workdir, step)))
 
 
 def _out_of_time(deadline: float | None, step: int, every: int) -> bool:
@@ -182,18 +195,19 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     run = setup(config, mesh)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    frozen = run.method.load_frozen() if checkpointer.latest_step() is None else None
+    frozen = load_frozen(run.method) if checkpointer.latest_step() is None else None
     save_config(config, workdir)
     state = restore_or_init(run, checkpointer)
     if frozen is not None:
         state = state.replace(frozen=jax.device_put(frozen, run.replicated))
     start = int(jax.device_get(state.step))
+    provenance.record_start(workdir, start, list(run.mesh.devices.flat))
     if start:
         print(f"resuming from step {start} in {workdir}", flush=True)
     end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     _, step_rng = run.rngs()
     train_step = engine.make_train_step(run.method, run.tx, run.schedule, run.mesh, run.num_classes)
-    batches = pipeline.train_batches(config, start_step=start)
+    batches = pipeline.train_batches(config, start_step=start, dataset=(run.dataset, run.builder))
     logger = MetricsLogger(
         workdir, run.total_steps, run.steps_per_epoch, config.batch_size, start_step=start
     )

@@ -18,11 +18,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssljax.data import augment, fashion_mnist, mask_cache, masks, pipeline, registry
+from ssljax.data import augment, fashion_mnist, fh, mask_cache, masks, pipeline, registry
 from ssljax.errors import UserError
 
-SMALL_FH = masks.FHParams.make((100,), 0.8, 20)  # ~8 segments on a 28-px Fashion-MNIST image
+SMALL_FH = fh.FHParams.make((100,), 0.8, 20)  # ~8 segments on a 28-px Fashion-MNIST image
 CROP_AND_FLIP_ONLY = augment.crop_and_flip(0.3)
+
+
+def grid_mask(height: int, width: int, n: int) -> np.ndarray:
+    """n×n blocks of (nearly) equal size, ids row-major 0..n²−1 (§3.2 spatial heuristic)."""
+    rows = np.arange(height) * n // height
+    cols = np.arange(width) * n // width
+    return (rows[:, None] * n + cols[None, :]).astype(np.int32)
+
+
+def global_mask(height: int, width: int) -> np.ndarray:
+    """One segment over the whole image: DetCon with it is SimCLR / BYOL (§3.1)."""
+    return np.zeros((height, width), np.int32)
 
 
 # ---- Masks through the views -------------------------------------------------------
@@ -30,7 +42,7 @@ CROP_AND_FLIP_ONLY = augment.crop_and_flip(0.3)
 
 def _painted(size=48, n=4):
     """An image whose n×n grid segments are painted in far-apart colours, and its mask."""
-    mask = masks.grid_mask(size, size, n)
+    mask = grid_mask(size, size, n)
     palette = np.random.default_rng(0).permutation(256)[: n * n]
     colours = np.stack([palette, 255 - palette, (palette * 7) % 256], axis=-1)
     return colours[mask].astype(np.uint8), mask, colours
@@ -144,42 +156,42 @@ def test_segment_ids_above_255_and_65535_survive_views_pooling_and_sampling():
 
 def test_felzenszwalb_mask_is_int32_with_paper_defaults_and_reacts_to_its_parameters():
     image, _, _ = _painted(size=64, n=2)
-    fh = masks.felzenszwalb_mask(image, scale=100, sigma=0.8, min_size=300)
-    assert fh.dtype == np.int32 and fh.shape == (64, 64)
-    quadrants = [fh[:32, :32], fh[:32, 32:], fh[32:, :32], fh[32:, 32:]]
+    segments = fh.felzenszwalb_mask(image, scale=100, sigma=0.8, min_size=300)
+    assert segments.dtype == np.int32 and segments.shape == (64, 64)
+    quadrants = [segments[:32, :32], segments[:32, 32:], segments[32:, :32], segments[32:, 32:]]
     assert len({int(np.median(q)) for q in quadrants}) == 4  # the four painted quadrants
-    assert len(np.unique(fh)) == 4
-    gray = masks.felzenszwalb_mask(image[..., :1], scale=100, min_size=300)
+    assert len(np.unique(segments)) == 4
+    gray = fh.felzenszwalb_mask(image[..., :1], scale=100, min_size=300)
     assert gray.shape == (64, 64)
     # The paper's ImageNet parameters make one segment of a small 28-px image.
     tiny = np.random.default_rng(0).integers(0, 256, (28, 28, 1), dtype=np.uint8)
-    assert np.unique(masks.felzenszwalb_mask(tiny)).tolist() == [0]
-    both = masks.fh_masks(image, masks.FHParams.make((100, 100000), 0.8, 20))
+    assert np.unique(fh.felzenszwalb_mask(tiny)).tolist() == [0]
+    both = fh.fh_masks(image, fh.FHParams.make((100, 100000), 0.8, 20))
     assert both.shape == (64, 64, 2) and len(np.unique(both[..., 1])) < 4
 
 
 def test_fh_params_key_names_every_parameter_and_min_size_zero_means_the_scale():
-    assert masks.FHParams().key == "fh_s1000_sig0.8_min1000"
-    coco = masks.FHParams.make((500, 1000, 1500), 0.8, 0)
+    assert fh.FHParams().key == "fh_s1000_sig0.8_min1000"
+    coco = fh.FHParams.make((500, 1000, 1500), 0.8, 0)
     assert coco.min_sizes == (500, 1000, 1500)
     assert coco.key == "fh_s500-1000-1500_sig0.8_min500-1000-1500"
     keys = {
-        masks.FHParams.make(1000, 0.8, 1000).key,
-        masks.FHParams.make(1000, 0.5, 1000).key,
-        masks.FHParams.make(1000, 0.8, 500).key,
-        masks.FHParams.make(900, 0.8, 1000).key,
+        fh.FHParams.make(1000, 0.8, 1000).key,
+        fh.FHParams.make(1000, 0.5, 1000).key,
+        fh.FHParams.make(1000, 0.8, 500).key,
+        fh.FHParams.make(900, 0.8, 1000).key,
     }
     assert len(keys) == 4
     with pytest.raises(UserError, match="one min_size per scale"):
-        masks.FHParams.make((500, 1000), 0.8, (500,))
+        fh.FHParams.make((500, 1000), 0.8, (500,))
 
 
 def test_grid_and_global_masks():
     np.testing.assert_array_equal(
-        masks.grid_mask(3, 5, 2), [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1], [2, 2, 2, 3, 3]]
+        grid_mask(3, 5, 2), [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1], [2, 2, 2, 3, 3]]
     )
-    assert masks.grid_mask(9, 9, 3).max() == 8 and masks.grid_mask(9, 9, 3).dtype == np.int32
-    assert masks.global_mask(4, 6).shape == (4, 6) and not masks.global_mask(4, 6).any()
+    assert grid_mask(9, 9, 3).max() == 8 and grid_mask(9, 9, 3).dtype == np.int32
+    assert global_mask(4, 6).shape == (4, 6) and not global_mask(4, 6).any()
 
 
 # ---- Cache ---------------------------------------------------------------------------
@@ -193,7 +205,7 @@ class _Split:
 def test_fh_cache_round_trips_int32_masks_and_keys_on_its_parameters(tmp_path):
     rng = np.random.default_rng(0)
     maps = [rng.integers(0, 2**31 - 1, (h, w, 2), dtype=np.int32) for h, w in [(3, 5), (7, 2)]]
-    maps += [masks.grid_mask(40, 30, 20)[..., None] + 100_000]
+    maps += [grid_mask(40, 30, 20)[..., None] + 100_000]
     for m in maps:
         decoded = mask_cache.decode_mask(mask_cache.encode_mask(m))
         assert decoded.dtype == np.int32
@@ -211,7 +223,7 @@ def test_fh_cache_round_trips_int32_masks_and_keys_on_its_parameters(tmp_path):
     np.testing.assert_array_equal(reopened.read_in_shard(0, 1), maps[1])
     assert reopened.directory == os.path.join(str(tmp_path), "toy", "train", SMALL_FH.key)
 
-    other = masks.FHParams.make((100,), 0.8, 21)
+    other = fh.FHParams.make((100,), 0.8, 21)
     assert mask_cache.MaskCache(str(tmp_path), "toy", "train", other).meta is None
     with pytest.raises(UserError, match="another version"):
         reopened.create(_Split(3, [1, 2]), chunk_size=2)
