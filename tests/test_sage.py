@@ -302,27 +302,28 @@ def test_separate_evaluator_passes_equal_the_concatenated_pass_in_value_and_grad
     config = _config(checkpoint="random")
     config.bn_group = "local"
     config.dataset.image_size = 16
+    method = SaGe(config, 10)
+    short = method.online.encoder.clone(stage_sizes=ONE_BLOCK_A_STAGE)
+    method.online = method.online.clone(encoder=short)
+    method.evaluator = method.evaluator.clone(
+        encoder=method.evaluator.encoder.clone(stage_sizes=ONE_BLOCK_A_STAGE)
+    )
     rng = np.random.default_rng(1)
     view = rng.uniform(size=(4, 16, 16, 3)).astype(np.float32)
-    results = []
-    for cls in (SaGe, _ConcatenatedEvaluatorSaGe):
-        method = cls(config, 10)
-        method.evaluator = method.evaluator.clone(
-            encoder=method.evaluator.encoder.clone(stage_sizes=ONE_BLOCK_A_STAGE)
-        )
-        fields = jax.jit(method.init)(jax.random.PRNGKey(0), view)
-        feature_map = rng.normal(size=(4, 2, 2, method.online.encoder.num_features))
-        feature_map = jnp.asarray(feature_map, jnp.float32) if not results else results[0][2]
+    fields = jax.jit(method.init)(jax.random.PRNGKey(0), view)
+    feature_map = rng.normal(size=(4, 2, 2, short.num_features)).astype(np.float32)
 
-        def generation(params, feature_map, method=method, fields=fields):
+    @jax.jit
+    def both(params, feature_map):
+        def generation(params, feature_map, loss):
             stats = fields["batch_stats"]
-            value, _, _ = method.generation_loss(params, stats, fields["frozen"], view, feature_map)
-            return value
+            return loss(method, params, stats, fields["frozen"], view, feature_map)[0]
 
-        value, grads = jax.jit(jax.value_and_grad(generation, argnums=(0, 1)))(
-            fields["params"], feature_map
-        )
-        results.append((value, grads, feature_map))
-    (value, grads, _), (old_value, old_grads, _) = results
+        return [
+            jax.value_and_grad(generation, argnums=(0, 1))(params, feature_map, loss)
+            for loss in (SaGe.generation_loss, _ConcatenatedEvaluatorSaGe.generation_loss)
+        ]
+
+    (value, grads), (old_value, old_grads) = both(fields["params"], feature_map)
     np.testing.assert_allclose(value, old_value, rtol=1e-5)
     helpers.assert_trees_close(grads, old_grads, rtol=1e-4, atol=1e-6)
