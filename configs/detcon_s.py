@@ -20,7 +20,9 @@ Presets:
 Fields beyond `configlib.base_config()`:
 - `temperature`: τ of the contrastive detection loss (0.1; latents at norm 1/√τ).
 - `masks.*` (documented in `configlib.base_config`): `kind='fh'`, `fh_scales=(1000,)`,
-  `fh_sigma=0.8`, `fh_min_size=1000`, `grid=7`, `num_samples=16`.
+  `fh_sigma=0.8`, `fh_min_size=1000`, `grid=7`, `num_samples=16`, `sampling=independent`
+  (each view draws its ids among its own segments, as the reference; `shared`: one draw
+  among the segments both views show).
 - `projector`: `hidden_dims` (2048,), `out_dim` 128: the paper's "two-layer MLP whose
   hidden and output dimensions are 2048 and 128" (A.2; its FLOP count, 2048×2048 +
   2048×128, confirms one hidden layer), `use_bn` (BN after the hidden Linear),

@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.masks.grid_size = 4  # n of the n×n `grid` masks
     c.masks.grid = 7  # feature grid g the masks are pooled to (layer4: 7 at 224 px)
     c.masks.num_samples = 16  # segment ids sampled per image (with replacement)
+    # 'independent' (the reference): each view draws its own ids among the segments it
+    # shows; 'shared': one draw among the segments both views show, used for both.
+    c.masks.sampling = "independent"
     c.masks.compute_in_pipeline = False  # compute FH in tf.data instead of reading the cache
     c.masks.cache_dir = config_dict.placeholder(str)  # default: <data_dir>/ssljax_masks
 
