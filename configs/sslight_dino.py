@@ -60,6 +60,7 @@ def multicrop_defaults(config):
     config.epochs = 200
     config.model.name = "mobilenet_v2"
     config.augment.preset = "byol"
+    config.augment.jitter_style = "torchvision"  # the reference's torchvision ColorJitter
     config.multicrop = ml_collections.ConfigDict(
         {
             "num_global": 2,

@@ -32,11 +32,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.shuffle_buffer = 50_000
 
     c.augment = ml_collections.ConfigDict()
-    c.augment.preset = "byol"  # one of ssljax.data.augment.PRESETS (SPEC.md's table)
+    c.augment.preset = "byol"  # one of ssljax.data.augment.PRESETS (docs/fidelity.md)
     # Optional overrides of single preset fields (None keeps the paper's value):
     c.augment.s_min = config_dict.placeholder(float)  # smallest crop area fraction
     c.augment.p_blur = config_dict.placeholder(tuple)  # (view 1, view 2)
     c.augment.p_solarize = config_dict.placeholder(tuple)  # (view 1, view 2)
+    # 'tf' (BYOL/DetCon/SimCLR code) | 'torchvision' (ColorJitter: MoCo, M2T, SaGe, SSLight)
+    c.augment.jitter_style = config_dict.placeholder(str)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet50"  # resnet18..resnet200 | mobilenet_v2 | vit_tiny | vit_small
