@@ -17,45 +17,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from ssljax.errors import UserError
-from ssljax.methods.base import DATA_AXIS, Method
+from ssljax.methods.base import Method
 from ssljax.models.heads import LinearClassifier
+from ssljax.sharding import DATA_AXIS, REPLICATED, SPLIT
 from ssljax.train_state import TrainState
 
-REPLICATED = P()
-SPLIT = P(DATA_AXIS)
 # TrainState fields holding running statistics: with local or grouped BN they differ per
 # device, so the step averages them to keep the replicated state identical everywhere.
 STATISTICS_FIELDS = ("batch_stats", "target_batch_stats", "momentum_stats")
-
-
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over `devices` (all devices of all processes by default)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    devices = mesh.devices.size
-    if batch_size <= 0 or batch_size % devices:
-        raise UserError(
-            f"batch_size={batch_size} must be a positive multiple of the {devices} devices; "
-            f"set --config.batch_size to e.g. {max(devices, batch_size // devices * devices)}"
-        )
-
-
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assemble each process's rows into one global array sharded along `data`."""
-    sharding = NamedSharding(mesh, SPLIT)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-        for k, v in local_batch.items()
-    }
 
 
 def probe_loss(

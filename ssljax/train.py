@@ -16,7 +16,7 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from ssljax import engine
+from ssljax import engine, sharding
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
@@ -44,7 +44,7 @@ class Run:
 
     @property
     def replicated(self) -> NamedSharding:
-        return NamedSharding(self.mesh, engine.REPLICATED)
+        return NamedSharding(self.mesh, sharding.REPLICATED)
 
     def rngs(self) -> tuple[jax.Array, jax.Array]:
         """(init rng, step rng), both from `config.seed`."""
@@ -54,7 +54,7 @@ class Run:
 
 def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     """Reject impossible values with a message that says what to change."""
-    engine.check_batch_size(config.batch_size, mesh)
+    sharding.check_batch_size(config.batch_size, mesh)
     if config.epochs <= 0 and config.total_steps <= 0:
         raise UserError("set --config.epochs (or --config.total_steps) to a positive number")
     if config.dataset.image_size < 8:
@@ -64,7 +64,7 @@ def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
 
 
 def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
-    mesh = engine.make_mesh() if mesh is None else mesh
+    mesh = sharding.make_mesh() if mesh is None else mesh
     validate(config, mesh)
     info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
     num_train = builder.info.splits[config.dataset.train_split or info.train_split].num_examples
@@ -198,7 +198,7 @@ def train(
         workdir, run.total_steps, run.steps_per_epoch, config.batch_size, start_step=start
     )
     for step in range(start + 1, end + 1):
-        state, metrics = train_step(state, engine.global_batch(next(batches), run.mesh), step_rng)
+        state, metrics = train_step(state, sharding.global_batch(next(batches), run.mesh), step_rng)
         out_of_time = _out_of_time(deadline, step, config.log_every_steps)
         if out_of_time:
             metrics = dict(metrics, stopped_by_time_limit=1.0)

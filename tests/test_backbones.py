@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from ssljax import configlib, engine, train
+from ssljax import configlib, engine, sharding, train
 from ssljax.errors import UserError
 from ssljax.methods.base import build_encoder
 from ssljax.models.backbones import BACKBONES, build_backbone
@@ -232,7 +232,7 @@ def _one_engine_step(config):
     step = engine.make_train_step(run.method, run.tx, run.schedule, run.mesh, run.num_classes)
     images = np.random.default_rng(0).uniform(size=(2, config.batch_size, 32, 32, 3))
     batch = {"view1": images[0].astype(np.float32), "view2": images[1].astype(np.float32)}
-    state, metrics = step(state, engine.global_batch(batch, run.mesh), run.rngs()[1])
+    state, metrics = step(state, sharding.global_batch(batch, run.mesh), run.rngs()[1])
     assert np.isfinite(float(metrics["loss"]))
     assert int(state.step) == 1
     return run, initial, jax.device_get(state)

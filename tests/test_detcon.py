@@ -8,13 +8,14 @@ import pytest
 from helpers import assert_trees_close
 from jax.sharding import PartitionSpec as P
 
-from ssljax import configlib, engine
+from ssljax import configlib, engine, sharding
 from ssljax.errors import UserError
 from ssljax.methods import get_method
-from ssljax.methods.base import DATA_AXIS, apply_train
+from ssljax.methods.base import apply_train
 from ssljax.methods.byol import Byol
 from ssljax.methods.detcon import DetConB, DetConS, head_bn_group, mask_pool
 from ssljax.optim import build_optimizer
+from ssljax.sharding import DATA_AXIS
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 SIZE = 32
@@ -60,7 +61,7 @@ def _global_mask_batch(batch_size, num_samples=1, seed=0):
 
 
 def _init(method, config, devices=8, num_classes=None):
-    mesh = engine.make_mesh(jax.devices()[:devices])
+    mesh = sharding.make_mesh(jax.devices()[:devices])
     tx, _ = build_optimizer(config.optimizer, config.batch_size, 5, 10)
     init = engine.make_init(method, tx, mesh, (SIZE, SIZE, 3), num_classes)
     return mesh, init(jax.random.PRNGKey(0))
@@ -161,7 +162,7 @@ def test_detcon_s_with_one_global_mask_is_twice_simclr_built_from_simclrs_own_pr
     assert simclr_config.batch_size == config.batch_size
     detcon, simclr = DetConS(config, 10), SimCLR(simclr_config, 10)
     mesh, state = _init(simclr, simclr_config)
-    batch = engine.global_batch(_global_mask_batch(config.batch_size), mesh)
+    batch = sharding.global_batch(_global_mask_batch(config.batch_size), mesh)
 
     def both(params, state, batch):
         def loss_of(method):
@@ -209,8 +210,8 @@ def test_sixteen_copies_of_the_global_mask_are_simclr_up_to_scale_and_shift():
         return jax.lax.pmean(value, DATA_AXIS)
 
     run = _per_device(loss, mesh)
-    once = float(run(state.params, state, engine.global_batch(_global_mask_batch(32, 1), mesh)))
-    copies = engine.global_batch(_global_mask_batch(32, 16), mesh)
+    once = float(run(state.params, state, sharding.global_batch(_global_mask_batch(32, 1), mesh)))
+    copies = sharding.global_batch(_global_mask_batch(32, 16), mesh)
     sixteen = float(run(state.params, state, copies))
     assert sixteen == pytest.approx((once + 2 * np.log(16)) / 16, rel=1e-5)
 
@@ -242,7 +243,7 @@ def test_detcon_b_with_one_global_mask_is_nce_flavoured_byol():
     config.masks.num_samples = 1
     detcon, byol = DetConB(config, 10), Byol(config, 10)
     mesh, state = _init(byol, config)
-    batch = engine.global_batch(_global_mask_batch(config.batch_size), mesh)
+    batch = sharding.global_batch(_global_mask_batch(config.batch_size), mesh)
 
     def run(params, state, batch):
         rng = jax.random.PRNGKey(0)
@@ -270,7 +271,7 @@ def test_detcon_b_target_gets_no_gradient():
     config = _config("detcon_b")
     method = DetConB(config, 10)
     mesh, state = _init(method, config)
-    batch = engine.global_batch(_contract_batch(config.batch_size), mesh)
+    batch = sharding.global_batch(_contract_batch(config.batch_size), mesh)
 
     def target_grad(params, state, batch):
         def loss(target_params):
@@ -286,13 +287,13 @@ def test_detcon_b_target_gets_no_gradient():
 
 def _run_steps(method, config, devices, batches, total_steps=10):
     """(state on the devices, losses, last metrics, the step function, its mesh)."""
-    mesh = engine.make_mesh(jax.devices()[:devices])
+    mesh = sharding.make_mesh(jax.devices()[:devices])
     tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, total_steps)
     state = engine.make_init(method, tx, mesh, (SIZE, SIZE, 3), 10)(jax.random.PRNGKey(0))
     step = engine.make_train_step(method, tx, schedule, mesh, 10)
     losses_, metrics = [], None
     for batch in batches:
-        state, metrics = step(state, engine.global_batch(batch, mesh), jax.random.PRNGKey(1))
+        state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
         losses_.append(float(metrics["loss"]))
     return state, losses_, jax.device_get(metrics), step, mesh
 
@@ -310,7 +311,7 @@ def test_detcon_b_eight_device_step_equals_one_device_step_and_target_follows_em
     assert 1.0 <= metrics["distinct_masks"] <= 6.0 and 0.0 < metrics["matched_masks"] <= 1.0
 
     # One more step: the target moves by exactly the EMA rule, and only it.
-    batch = engine.global_batch(_contract_batch(config.batch_size, seed=5), mesh)
+    batch = sharding.global_batch(_contract_batch(config.batch_size, seed=5), mesh)
     after, metrics = step(state8, batch, jax.random.PRNGKey(1))
     after = jax.device_get(after)
     tau = float(metrics["tau"])

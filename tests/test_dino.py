@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ssljax import configlib, engine, losses
+from ssljax import configlib, engine, losses, sharding
 from ssljax.methods import get_method
-from ssljax.methods.base import DATA_AXIS
 from ssljax.methods.dino import Dino, WeightNormDense
 from ssljax.optim import build_optimizer
+from ssljax.sharding import DATA_AXIS
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 GLOBAL, LOCAL = 16, 8
@@ -76,7 +76,7 @@ def test_centre_moves_towards_the_mean_teacher_output_of_the_global_batch():
     rng = np.random.default_rng(1)
     teacher = rng.normal(size=(2, 16, 5)).astype(np.float32)  # [crops, B, K]
     center = rng.normal(size=(5,)).astype(np.float32)
-    mesh = engine.make_mesh()
+    mesh = sharding.make_mesh()
     update = jax.jit(
         jax.shard_map(
             lambda c, t: losses.dino_center_update(c, t, 0.9, DATA_AXIS),
@@ -116,7 +116,7 @@ def test_teacher_temperature_warms_up_linearly_then_stays():
 
 
 def _setup(config, devices, total_steps=10):
-    mesh = engine.make_mesh(jax.devices()[:devices])
+    mesh = sharding.make_mesh(jax.devices()[:devices])
     method = _tiny_method(config, total_steps)
     tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, total_steps)
     init = engine.make_init(method, tx, mesh, (GLOBAL, GLOBAL, 3), 10)
@@ -129,7 +129,7 @@ def _run(config, devices, batches):
     state = init(jax.random.PRNGKey(0))
     out = []
     for batch in batches:
-        state, metrics = step(state, engine.global_batch(batch, mesh), jax.random.PRNGKey(1))
+        state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
         out.append(jax.device_get(metrics))
     return jax.device_get(state), out
 
@@ -153,7 +153,7 @@ def test_last_layer_gets_no_gradient_during_the_first_epoch():
     config = _config(dino__freeze_last_layer_epochs=1.0, epochs=10)
     mesh, method, init, _ = _setup(config, 1, total_steps=100)  # frozen for 10 steps
     state = init(jax.random.PRNGKey(0))
-    batch = engine.global_batch(multicrop_batch(config.batch_size), mesh)
+    batch = sharding.global_batch(multicrop_batch(config.batch_size), mesh)
 
     def grads_at(step):
         s = state.replace(step=jnp.asarray(step, jnp.int32))
@@ -231,7 +231,7 @@ def test_fashion_mnist_preset_does_not_collapse_to_a_uniform_teacher(preset):
     total = 937
     method = Dino(config, total)
     method.online = method.target = method.online.clone(encoder=_LinearEncoder())
-    mesh = engine.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     tx, schedule = build_optimizer(config.optimizer, config.batch_size, total, total)
     state = engine.make_init(method, tx, mesh, (64,), 10)(jax.random.PRNGKey(0))
     step = engine.make_train_step(method, tx, schedule, mesh, 10)
@@ -244,7 +244,7 @@ def test_fashion_mnist_preset_does_not_collapse_to_a_uniform_teacher(preset):
             "label": labels,
             "pixel_scale_ratio": np.ones(config.batch_size, np.float32),
         }
-        state, metrics = step(state, engine.global_batch(batch, mesh), jax.random.PRNGKey(1))
+        state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
     metrics = jax.device_get(metrics)
     log_k = np.log(config.dino.out_dim)
     assert float(metrics["teacher_entropy"]) < log_k - 2.5

@@ -4,7 +4,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from ssljax import losses
-from ssljax.engine import make_mesh
+from ssljax.sharding import make_mesh
 
 
 def _normalize(x):

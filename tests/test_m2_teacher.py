@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import assert_trees_close, two_view_batch
 
-from ssljax import configlib, engine
+from ssljax import configlib, engine, sharding
 from ssljax.errors import UserError
 from ssljax.methods import get_method
 from ssljax.methods.m2_teacher import MomentumSquaredTeacher, scale_for_batch
@@ -145,14 +145,14 @@ def test_loss_lazily_updates_the_teacher_statistics():
 
 
 def _run_steps(config, devices, batches, total_steps=4):
-    mesh = engine.make_mesh(jax.devices()[:devices])
+    mesh = sharding.make_mesh(jax.devices()[:devices])
     method = _tiny_method(config, total_steps)
     tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, total_steps)
     state = engine.make_init(method, tx, mesh, (SIZE, SIZE, 3), None)(jax.random.PRNGKey(0))
     step = engine.make_train_step(method, tx, schedule, mesh, None)
     losses = []
     for batch in batches:
-        state, metrics = step(state, engine.global_batch(batch, mesh), jax.random.PRNGKey(1))
+        state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
         losses.append(float(metrics["loss"]))
     return jax.device_get(state), losses, metrics
 
@@ -229,7 +229,7 @@ def test_moco_key_encoder_with_momentum_bn_mixes_a_fixed_alpha_of_0064():
         network = getattr(method, name)
         setattr(method, name, network.clone(encoder=network.encoder.clone(stage_sizes=(0,) * 4)))
     assert method.key_bn_alpha == pytest.approx(0.064)
-    mesh = engine.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, 10)
     state = engine.make_init(method, tx, mesh, (SIZE, SIZE, 3), None)(jax.random.PRNGKey(0))
     assert state.target_batch_stats is None
@@ -237,7 +237,7 @@ def test_moco_key_encoder_with_momentum_bn_mixes_a_fixed_alpha_of_0064():
     target_params = jax.device_get(state.target_params)
     batch = two_view_batch(config.batch_size, SIZE)
     step = engine.make_train_step(method, tx, schedule, mesh, None)
-    state, _ = step(state, engine.global_batch(batch, mesh), jax.random.PRNGKey(1))
+    state, _ = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
     _, recorded = jax.jit(lambda p, s, x: apply_recording(method.target, p, s, x))(
         target_params, old, batch["view2"]
     )

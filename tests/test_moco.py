@@ -8,10 +8,10 @@ import pytest
 from helpers import two_view_batch
 from jax.sharding import PartitionSpec as P
 
-from ssljax import configlib, engine, losses
+from ssljax import configlib, engine, losses, sharding
 from ssljax.errors import UserError
 from ssljax.methods import get_method
-from ssljax.methods.base import DATA_AXIS, apply_train
+from ssljax.methods.base import apply_train
 from ssljax.methods.moco import (
     MoCo,
     enqueue,
@@ -20,6 +20,7 @@ from ssljax.methods.moco import (
     shuffle_permutation,
 )
 from ssljax.optim import build_optimizer
+from ssljax.sharding import DATA_AXIS
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 SIZE = 16
@@ -45,7 +46,7 @@ def _tiny_method(config, total_steps=10):
 
 def _setup(config, devices=8, total_steps=10):
     """(mesh, method, init(rng) -> state, step), each compiled once however often called."""
-    mesh = engine.make_mesh(jax.devices()[:devices])
+    mesh = sharding.make_mesh(jax.devices()[:devices])
     method = _tiny_method(config, total_steps)
     tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, total_steps)
     init = engine.make_init(method, tx, mesh, (SIZE, SIZE, 3), 10)
@@ -242,7 +243,7 @@ def test_queue_holds_exactly_the_last_k_keys_in_order_after_n_steps(unshuffled):
             jnp.asarray(batch["view2"]),
         )
         expected_keys.append(np.asarray(losses.l2_normalize(out["projection"])))
-        state, metrics = step(state, engine.global_batch(batch, mesh), jax.random.PRNGKey(1))
+        state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
         assert np.isfinite(float(metrics["loss"]))
         queue = jax.device_get(state.queue)
         if seed == 0:  # one batch in: the oldest K − B random keys are still there
@@ -257,7 +258,7 @@ def test_queue_holds_exactly_the_last_k_keys_in_order_after_n_steps(unshuffled):
 def test_key_encoder_gets_no_gradient_and_moves_only_by_the_momentum_rule(unshuffled):
     config, mesh, method, init, step = unshuffled
     state = init(jax.random.PRNGKey(0))
-    batch = engine.global_batch(two_view_batch(config.batch_size, SIZE), mesh)
+    batch = sharding.global_batch(two_view_batch(config.batch_size, SIZE), mesh)
 
     def loss_of_target(target_params, state, batch):
         return method.loss(

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax import configlib, engine, losses
+from ssljax import configlib, engine, losses, sharding
 from ssljax.methods import get_method, multicrop
 from ssljax.methods.mocov2_star import MoCoV2Star
 from ssljax.optim import build_optimizer
@@ -40,13 +40,13 @@ def test_key_is_global_crop_zero_and_queries_are_the_other_crops_rebalanced():
     for name in ("online", "target"):
         network = getattr(method, name)
         setattr(method, name, network.clone(encoder=network.encoder.clone(stage_sizes=(0,) * 4)))
-    mesh = engine.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, 10)
     state = engine.make_init(method, tx, mesh, (GLOBAL, GLOBAL, 3), 10)(jax.random.PRNGKey(0))
     batch = _batch(config.batch_size)
     before = jax.device_get(state)
     step = engine.make_train_step(method, tx, schedule, mesh, 10)
-    after, metrics = step(state, engine.global_batch(batch, mesh), jax.random.PRNGKey(1))
+    after, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
 
     crops = multicrop.crops_first(jnp.asarray(batch["global"]))
     out, _ = multicrop.apply_crops(

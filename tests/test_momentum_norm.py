@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ssljax.engine import make_mesh
 from ssljax.models.momentum_norm import (
     MOMENTUM_STATS,
     RECORDED_BATCH_STATS,
@@ -13,6 +12,7 @@ from ssljax.models.momentum_norm import (
     lazy_update,
     unbiased_batch_moments,
 )
+from ssljax.sharding import make_mesh
 
 EPS = 1e-5
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ssljax.engine import make_mesh
 from ssljax.models.norm import BatchNorm, batch_moments
+from ssljax.sharding import make_mesh
 
 
 def _images(n=32, c=3, seed=0):

@@ -23,6 +23,7 @@ from ssljax.methods import base, byol, get_method, sage
 from ssljax.methods.sage import SaGe
 from ssljax.models.decoder import Decoder, num_up_blocks
 from ssljax.optim import build_optimizer
+from ssljax.sharding import DATA_AXIS
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 ONE_BLOCK_A_STAGE = (1, 1, 1, 1)
@@ -35,7 +36,7 @@ def _config(preset="smoke", **evaluator):
     return config
 
 
-def _short_encoder(config, bn_group=None, axis_name=base.DATA_AXIS):
+def _short_encoder(config, bn_group=None, axis_name=DATA_AXIS):
     return base.build_encoder(config, bn_group, axis_name).clone(stage_sizes=ONE_BLOCK_A_STAGE)
 
 

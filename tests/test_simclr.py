@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import assert_trees_close, two_view_batch
 
-from ssljax import configlib, engine
+from ssljax import configlib, engine, sharding
 from ssljax.methods import get_method
 from ssljax.methods.simclr import SimCLR
 from ssljax.optim import build_optimizer
@@ -65,14 +65,14 @@ def test_projector_is_the_papers_one_hidden_layer_2048_bn_relu_128_on_resnet50()
 
 
 def _run_steps(config, devices, batches, total_steps=10):
-    mesh = engine.make_mesh(jax.devices()[:devices])
+    mesh = sharding.make_mesh(jax.devices()[:devices])
     method = _tiny_method(config, total_steps)
     tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, total_steps)
     state = engine.make_init(method, tx, mesh, (SIZE, SIZE, 3), 10)(jax.random.PRNGKey(0))
     step = engine.make_train_step(method, tx, schedule, mesh, 10)
     losses = []
     for batch in batches:
-        state, metrics = step(state, engine.global_batch(batch, mesh), jax.random.PRNGKey(1))
+        state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
         losses.append(float(metrics["loss"]))
     return jax.device_get(state), losses
 

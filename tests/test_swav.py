@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ssljax import configlib, engine, losses
+from ssljax import configlib, engine, losses, sharding
 from ssljax.methods import get_method
-from ssljax.methods.base import DATA_AXIS
 from ssljax.methods.swav import SwAV
 from ssljax.optim import build_optimizer
+from ssljax.sharding import DATA_AXIS
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 GLOBAL, LOCAL = 16, 8
@@ -77,7 +77,7 @@ def test_sinkhorn_over_eight_devices_equals_one_device_on_the_global_batch():
     sharded = jax.jit(
         jax.shard_map(
             lambda s: losses.sinkhorn_knopp(s, 0.05, 3, DATA_AXIS),
-            mesh=engine.make_mesh(),
+            mesh=sharding.make_mesh(),
             in_specs=P(DATA_AXIS),
             out_specs=P(DATA_AXIS),
             check_vma=False,
@@ -118,14 +118,14 @@ def _tiny_method(config, total_steps=10):
 
 
 def _run(config, devices, batches):
-    mesh = engine.make_mesh(jax.devices()[:devices])
+    mesh = sharding.make_mesh(jax.devices()[:devices])
     method = _tiny_method(config)
     tx, schedule = build_optimizer(config.optimizer, config.batch_size, 5, 10)
     state = engine.make_init(method, tx, mesh, (GLOBAL, GLOBAL, 3), 10)(jax.random.PRNGKey(0))
     step = engine.make_train_step(method, tx, schedule, mesh, 10)
     metrics = []
     for batch in batches:
-        state, m = step(state, engine.global_batch(batch, mesh), jax.random.PRNGKey(1))
+        state, m = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
         metrics.append(jax.device_get(m))
     return jax.device_get(state), metrics
 

@@ -24,10 +24,11 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from ssljax import engine, train
+from ssljax import train
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
+from ssljax.sharding import SPLIT
 
 
 def load_encoder(
@@ -79,7 +80,7 @@ def extract_features(
     devices = run.mesh.devices.size
     batch_size = max(run.config.eval.batch_size // devices, 1) * devices
     local_batch = batch_size // jax.process_count()
-    split_sharding = NamedSharding(run.mesh, engine.SPLIT)
+    split_sharding = NamedSharding(run.mesh, SPLIT)
 
     @jax.jit
     def embed(variables, images, labels, mask):

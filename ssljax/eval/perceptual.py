@@ -37,12 +37,13 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from ssljax import engine, train
+from ssljax import train
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
 from ssljax.methods import base
 from ssljax.optim import adaptation_mask
+from ssljax.sharding import SPLIT, check_batch_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,7 +136,7 @@ def _training_batches(config, split, local_batch, epoch, seed):
 def train_classifier(run: train.Run, split: str, epochs: int, batch_size: int, seed: int = 0):
     """The classifier's variables after `epochs` supervised epochs on `split`."""
     config, mesh = run.config, run.mesh
-    engine.check_batch_size(batch_size, mesh)
+    check_batch_size(batch_size, mesh)
     _, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
     steps_per_epoch = registry.split_num_examples(builder, split) // batch_size
     if steps_per_epoch == 0 or epochs <= 0:
@@ -170,7 +171,7 @@ def train_classifier(run: train.Run, split: str, epochs: int, batch_size: int, s
         params = optax.apply_updates(variables["params"], updates)
         return {"params": params, "batch_stats": stats}, opt_state
 
-    sharding = NamedSharding(mesh, engine.SPLIT)
+    sharding = NamedSharding(mesh, SPLIT)
     local_batch = batch_size // jax.process_count()
     for epoch in range(epochs):
         for images, labels in _training_batches(config, split, local_batch, epoch, seed):
@@ -261,7 +262,7 @@ def evaluate_split(run, sage_variables, classifier_variables, split, grid_images
 
     devices = run.mesh.devices.size
     batch_size = max(run.config.eval.batch_size // devices, 1) * devices
-    sharding = NamedSharding(run.mesh, engine.SPLIT)
+    sharding = NamedSharding(run.mesh, SPLIT)
     totals, count = np.zeros(5), 0
     originals, reconstructions = [], []
     for batch in pipeline.eval_batches(run.config, split, batch_size // jax.process_count()):

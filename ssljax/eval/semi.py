@@ -28,13 +28,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils.epath import Path
 
-from ssljax import engine, train
+from ssljax import train
 from ssljax.data import augment, pipeline, registry
 from ssljax.errors import UserError
 from ssljax.eval import features as feats
 from ssljax.eval import linear, results
-from ssljax.methods.base import DATA_AXIS
 from ssljax.models.heads import LinearClassifier
+from ssljax.sharding import DATA_AXIS, REPLICATED, SPLIT, check_batch_size, global_batch
 
 FINETUNE_VIEW = augment.crop_and_flip(0.08)
 
@@ -164,8 +164,8 @@ def make_finetune_step(run: train.Run, tx: optax.GradientTransformation, num_cla
     sharded = jax.shard_map(
         step,
         mesh=run.mesh,
-        in_specs=(engine.REPLICATED, engine.SPLIT),
-        out_specs=(engine.REPLICATED, engine.REPLICATED),
+        in_specs=(REPLICATED, SPLIT),
+        out_specs=(REPLICATED, REPLICATED),
         check_vma=False,
     )
     return jax.jit(sharded, donate_argnums=(0,))
@@ -174,7 +174,7 @@ def make_finetune_step(run: train.Run, tx: optax.GradientTransformation, num_cla
 def finetune(run: train.Run, variables: Any, subset: np.ndarray, recipe: Recipe, seed: int):
     """(encoder variables, head params, mean loss of the last epoch) after fine-tuning."""
     num_classes = run.dataset.num_classes
-    engine.check_batch_size(recipe.batch_size, run.mesh)
+    check_batch_size(recipe.batch_size, run.mesh)
     steps_per_epoch = len(subset) // recipe.batch_size
     if steps_per_epoch == 0:
         raise UserError(
@@ -208,7 +208,7 @@ def finetune(run: train.Run, variables: Any, subset: np.ndarray, recipe: Recipe,
         mininterval=5.0,
         disable=jax.process_index() != 0,
     ):
-        state, loss = step(state, engine.global_batch(next(batches), run.mesh))
+        state, loss = step(state, global_batch(next(batches), run.mesh))
         losses.append(loss)
     last_epoch = float(np.mean(jax.device_get(losses[-steps_per_epoch:])))
     encoder = {"params": state.params["encoder"], "batch_stats": state.batch_stats}

@@ -3,7 +3,7 @@
 A method supplies networks, a pure loss and the rules that move non-optimised state after
 the optimiser step. It never calls `jax.jit` or names devices: the engine (`ssljax.engine`)
 wraps `loss` into one sharded step and runs it inside `shard_map`, where collectives may
-name the `data` axis (`DATA_AXIS`).
+name the `data` axis (`ssljax.sharding.DATA_AXIS`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import ml_collections
 from ssljax.models.backbones import build_backbone
 from ssljax.models.heads import MLP
 from ssljax.optim import cosine_increase
+from ssljax.sharding import DATA_AXIS
 from ssljax.train_state import TrainState
-
-DATA_AXIS = "data"
 
 
 class SiameseNetwork(nn.Module):

@@ -35,7 +35,6 @@ import ml_collections
 from ssljax import losses
 from ssljax.errors import UserError
 from ssljax.methods.base import (
-    DATA_AXIS,
     EmaTargetMethod,
     Method,
     apply_train,
@@ -43,6 +42,7 @@ from ssljax.methods.base import (
     build_mlp,
 )
 from ssljax.models.norm import parse_bn_group
+from ssljax.sharding import DATA_AXIS
 
 
 def mask_pool(features: jax.Array, mask: jax.Array, ids: jax.Array) -> jax.Array:

@@ -25,8 +25,9 @@ import jax.numpy as jnp
 
 from ssljax import losses
 from ssljax.methods import multicrop
-from ssljax.methods.base import DATA_AXIS, EmaTargetMethod, SiameseNetwork, build_encoder
+from ssljax.methods.base import EmaTargetMethod, SiameseNetwork, build_encoder
 from ssljax.models.norm import BatchNorm
+from ssljax.sharding import DATA_AXIS
 
 HEAD = "projector"  # the head's name in SiameseNetwork, and so in params and the EMA
 

@@ -31,7 +31,6 @@ import ml_collections
 from ssljax import losses
 from ssljax.errors import UserError
 from ssljax.methods.base import (
-    DATA_AXIS,
     EmaTargetMethod,
     Method,
     SiameseNetwork,
@@ -45,6 +44,7 @@ from ssljax.models.momentum_norm import (
     lazy_update,
     momentum_batch_norm,
 )
+from ssljax.sharding import DATA_AXIS
 
 TEACHER_BN = ("momentum", "batch")
 

@@ -36,7 +36,6 @@ import jax.numpy as jnp
 from ssljax import losses
 from ssljax.errors import UserError
 from ssljax.methods.base import (
-    DATA_AXIS,
     EmaTargetMethod,
     SiameseNetwork,
     apply_train,
@@ -50,6 +49,7 @@ from ssljax.models.momentum_norm import (
     momentum_batch_norm,
 )
 from ssljax.models.norm import parse_bn_group
+from ssljax.sharding import DATA_AXIS
 
 KEY_BN = ("shuffle", "local", "sync", "momentum")
 KEY_BN_ALPHA = 0.064  # Momentum² Teacher, Table 3: MoCo v2 with a Momentum-BN key encoder

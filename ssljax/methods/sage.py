@@ -42,7 +42,6 @@ import ml_collections
 from ssljax import losses
 from ssljax.errors import UserError
 from ssljax.methods.base import (
-    DATA_AXIS,
     SiameseNetwork,
     apply_train,
     build_encoder,
@@ -51,6 +50,7 @@ from ssljax.methods.base import (
 from ssljax.methods.byol import Byol
 from ssljax.models.decoder import Decoder
 from ssljax.models.norm import BatchNorm, parse_bn_group
+from ssljax.sharding import DATA_AXIS
 
 LEVELS = ("projection", "layer4", "layer3", "layer2")  # the evaluator's outputs L_G reads
 RANDOM_EVALUATOR = "random"

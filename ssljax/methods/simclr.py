@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from ssljax import losses
 from ssljax.methods.base import (
-    DATA_AXIS,
     Method,
     SiameseNetwork,
     apply_train,
     build_encoder,
     build_mlp,
 )
+from ssljax.sharding import DATA_AXIS
 
 
 class SimCLR(Method):

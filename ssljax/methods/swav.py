@@ -28,8 +28,9 @@ import jax.numpy as jnp
 from ssljax import losses
 from ssljax.errors import UserError
 from ssljax.methods import multicrop
-from ssljax.methods.base import DATA_AXIS, Method, SiameseNetwork, build_encoder, build_mlp
+from ssljax.methods.base import Method, SiameseNetwork, build_encoder, build_mlp
 from ssljax.models.heads import MLP
+from ssljax.sharding import DATA_AXIS
 from ssljax.train_state import TrainState
 
 HEAD = "projector"

@@ -15,6 +15,7 @@ from ssljax.models.mobilenet_v2 import build_mobilenet_v2
 from ssljax.models.norm import BNGroup
 from ssljax.models.resnet import RESNET_DEPTHS, build_resnet
 from ssljax.models.vit import VIT_SIZES, build_vit
+from ssljax.sharding import DATA_AXIS
 
 BACKBONES = (*RESNET_DEPTHS, "mobilenet_v2", *VIT_SIZES)
 
@@ -23,7 +24,7 @@ def build_backbone(
     model: ml_collections.ConfigDict,
     image_size: int,
     bn_group: BNGroup = "sync",
-    axis_name: str | None = "data",
+    axis_name: str | None = DATA_AXIS,
 ) -> nn.Module:
     """The backbone of `model` (a config's `model` field) for `image_size`-px images.
 

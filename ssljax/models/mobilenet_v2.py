@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from ssljax.errors import UserError
 from ssljax.models.norm import BatchNorm, BNGroup, parse_bn_group
 from ssljax.models.resnet import conv
+from ssljax.sharding import DATA_AXIS
 
 # (expansion t, output channels c, blocks n, stride s of the first block): the paper's Table 2.
 INVERTED_RESIDUAL_STAGES = (
@@ -188,7 +189,7 @@ def build_mobilenet_v2(
     width: float = 1.0,
     small_stem: bool = False,
     bn_group: BNGroup = "sync",
-    axis_name: str | None = "data",
+    axis_name: str | None = DATA_AXIS,
     bn_momentum: float = 0.9,
     dtype: Any = jnp.float32,
 ) -> MobileNetV2:

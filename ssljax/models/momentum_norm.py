@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.models.norm import BNGroup, batch_moments, parse_bn_group
+from ssljax.sharding import DATA_AXIS
 
 MOMENTUM_STATS = "momentum_stats"
 RECORDED_BATCH_STATS = "momentum_batch_stats"
@@ -74,7 +75,7 @@ class MomentumBatchNorm(nn.Module):
 
     alpha: Any = 1.0
     group: BNGroup = "local"
-    axis_name: str | None = "data"
+    axis_name: str | None = DATA_AXIS
     epsilon: float = 1e-5
     scale_init: Callable[..., Any] = nn.initializers.ones
     dtype: Any = None
@@ -113,7 +114,7 @@ class MomentumBatchNorm(nn.Module):
 
 
 def momentum_batch_norm(
-    alpha: Any, group: BNGroup = "local", axis_name: str | None = "data", epsilon: float = 1e-5
+    alpha: Any, group: BNGroup = "local", axis_name: str | None = DATA_AXIS, epsilon: float = 1e-5
 ) -> Callable[..., MomentumBatchNorm]:
     """A `bn` factory for `ResNet` / `MLP` (they pass ``name`` and ``scale_init``)."""
     return functools.partial(

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.errors import UserError
+from ssljax.sharding import DATA_AXIS
 
 BNGroup = str | int
 
@@ -92,7 +93,7 @@ class BatchNorm(nn.Module):
     """Batch norm over `group` (see the module docstring); running stats in `batch_stats`."""
 
     group: BNGroup = "sync"
-    axis_name: str | None = "data"
+    axis_name: str | None = DATA_AXIS
     momentum: float = 0.9
     epsilon: float = 1e-5
     scale_init: Callable[..., Any] = nn.initializers.ones

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from ssljax.errors import UserError
 from ssljax.models.norm import BatchNorm, BNGroup, parse_bn_group
+from ssljax.sharding import DATA_AXIS
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 BASE_WIDTHS = (64, 128, 256, 512)
@@ -213,7 +214,7 @@ def build_resnet(
     width: float = 1.0,
     small_stem: bool = False,
     bn_group: BNGroup = "sync",
-    axis_name: str | None = "data",
+    axis_name: str | None = DATA_AXIS,
     bn_momentum: float = 0.9,
     dtype: Any = jnp.float32,
 ) -> ResNet:
