@@ -41,6 +41,7 @@ detcon_b = configlib.load_module(Path(__file__).with_name("detcon_b.py"))
 def detcon_s_defaults(config):
     config.method = "detcon_s"
     config.augment.preset = "simclr"
+    config.model.zero_init_residual = "all"  # SimCLR's network (DetCon §3.1)
     config.bn_group = "sync"
     config.batch_size = 4096
     config.epochs = 1000

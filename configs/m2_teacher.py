@@ -44,6 +44,7 @@ def m2_teacher_fields(config):
     config.alpha_schedule = "cosine"
     config.momentum_bn_epsilon = 1e-5
     config.augment.jitter_style = "torchvision"  # the reference's torchvision ColorJitter
+    config.model.zero_init_residual = "none"  # resnet_mbn.py: zero_init_residual=False
     config.tau_base = 0.99  # 1 − m_base, m_base = 0.01
 
 

@@ -51,6 +51,7 @@ byol = configlib.load_module(Path(__file__).with_name("byol.py"))
 def sage_defaults(config):
     config.method = "sage"
     config.augment.jitter_style = "torchvision"  # OpenSelfSup's torchvision ColorJitter
+    config.model.zero_init_residual = "none"  # OpenSelfSup ResNet: zero_init_residual=False
     config.generation_weight = 1.0
     config.generation = ml_collections.ConfigDict(
         {"pixels": 0.1, "projection": 0.1, "layer4": 1 / 30, "layer3": 1 / 30, "layer2": 1 / 30}

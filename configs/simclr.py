@@ -28,6 +28,7 @@ from ssljax import configlib
 def simclr_defaults(config):
     config.method = "simclr"
     config.augment.preset = "simclr"
+    config.model.zero_init_residual = "all"  # SimCLR's resnet.py: init_zero in every block
     config.bn_group = "sync"
     config.batch_size = 4096
     config.epochs = 100

@@ -61,6 +61,7 @@ def multicrop_defaults(config):
     config.model.name = "mobilenet_v2"
     config.augment.preset = "byol"
     config.augment.jitter_style = "torchvision"  # the reference's torchvision ColorJitter
+    config.model.zero_init_residual = "none"  # its torchvision-style ResNet's default
     config.multicrop = ml_collections.ConfigDict(
         {
             "num_global": 2,

@@ -44,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "resnet50"  # resnet18..resnet200 | mobilenet_v2 | vit_tiny | vit_small
     c.model.width = 1.0  # channel multiplier
     c.model.small_stem = False  # 3×3 stride-1 stem, no max-pool (32-px images)
+    # Residual blocks whose last BN scale starts at 0, as the method's reference ResNet:
+    # 'bottleneck' (Haiku: BYOL, DetCon), 'all' (SimCLR), 'none' (torchvision models).
+    c.model.zero_init_residual = "bottleneck"
     c.model.bn_momentum = 0.9  # running-statistics decay (BYOL reference: 0.9)
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on TPU
     c.model.patch_size = 16  # ViT patch side (e.g. 4 for 32-px images)
