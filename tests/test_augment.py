@@ -108,7 +108,8 @@ def test_same_seed_gives_identical_views_and_other_seeds_differ():
 
 
 def _reference_crop_areas(height, width, s_min, n, rng):
-    """Relative areas of numpy draws of the torchvision RandomResizedCrop rule (10 tries, then centre)."""
+    """Relative areas of numpy draws of torchvision's RandomResizedCrop rule (10 tries, then
+    centre)."""
     areas = np.empty(n)
     for i in range(n):
         for _ in range(augment.CROP_ATTEMPTS):
