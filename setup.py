@@ -30,7 +30,7 @@ setup(
         "tqdm>=4.70.1",  # evaluation progress bars (also a tfds dependency)
     ],
     extras_require={
-        "dev": ["pytest>=9.0.3", "ruff>=0.17.6"],
+        "dev": ["pytest>=9.0.3", "ruff>=0.17.6", "import-linter>=2.16"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda13]>=0.10.2"],
     },

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ssljax.data import mask_cache, masks  # noqa: E402
+from ssljax.data import fh, mask_cache  # noqa: E402
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
@@ -81,9 +81,9 @@ def main() -> None:
 
     import skimage
 
-    params = masks.FHParams()  # scale 1000, σ 0.8, min_size 1000
+    params = fh.FHParams()  # scale 1000, σ 0.8, min_size 1000
     images = photos(args.height, args.width)
-    segments = [len(np.unique(masks.felzenszwalb_mask(image))) for image in images]
+    segments = [len(np.unique(fh.felzenszwalb_mask(image))) for image in images]
     print(
         f"machine: {cpu_model()}, {len(os.sched_getaffinity(0))} cores available, "
         f"load average {os.getloadavg()[0]:.1f}; Python {platform.python_version()}, "

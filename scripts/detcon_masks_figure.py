@@ -23,7 +23,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from ssljax.data import augment, masks  # noqa: E402
+from ssljax.data import augment, fh, masks  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "rocket", "chelsea")
 PANEL, GRID, SAMPLES, GAP, HEADER = 224, 7, 16, 8, 52
@@ -88,7 +88,7 @@ def row(name: str, seed: int, font) -> Image.Image:
     import tensorflow as tf
 
     image = getattr(skimage.data, name)()[..., :3]
-    mask = masks.felzenszwalb_mask(image)  # the paper's ImageNet parameters
+    mask = fh.felzenszwalb_mask(image)  # the paper's ImageNet parameters
     out = masks.views_with_masks(
         tf.constant(image),
         tf.constant(mask[..., None]),

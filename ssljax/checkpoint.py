@@ -66,6 +66,28 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         return TrainState(**restored)
 
+    def restore_as_saved(
+        self, step: int, sharding: NamedSharding, skip: tuple[str, ...] = ()
+    ) -> dict:
+        """The fields saved at `step` but those in `skip`, with the shapes and dtypes they
+        were saved with (no template: for loading a run without its optimiser or dataset)."""
+        tree = self.manager.item_metadata(step).tree
+        item = {
+            name: jax.tree_util.tree_map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), value
+            )
+            for name, value in tree.items()
+            if name not in skip
+        }
+        args = ocp.args.PyTreeRestore(
+            item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True,
+        )
+        path = Path(self.manager.directory) / str(step) / "default"
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+            return checkpointer.restore(path, args=args)
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -51,12 +51,13 @@ def probe_loss(
 
 def init_state(
     method: Method,
-    tx: optax.GradientTransformation,
+    tx: optax.GradientTransformation | None,
     rng: jax.Array,
     images: jax.Array,
     num_classes: int | None,
 ) -> TrainState:
-    """A fresh TrainState: the method's fields, the online probe, the optimiser state."""
+    """A fresh TrainState: the method's fields, the online probe, the optimiser state
+    (None without `tx`: a state for inference)."""
     method_rng, probe_rng = jax.random.split(rng)
     fields = method.init(method_rng, images)
     params = dict(fields.pop("params"))
@@ -70,7 +71,10 @@ def init_state(
         dummy = jnp.zeros(features.shape, jnp.float32)
         params["probe"] = probe.init(probe_rng, dummy)["params"]
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), **fields
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=None if tx is None else tx.init(params),
+        **fields,
     )
 
 

@@ -21,9 +21,9 @@ from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
 from ssljax.logger import MetricsLogger
-from ssljax.methods import get_method
 from ssljax.methods.base import Method
 from ssljax.optim import build_optimizer
+from ssljax.run import build_method, initial_rngs, load_config, load_run
 from ssljax.train_state import TrainState
 
 
@@ -48,8 +48,7 @@ class Run:
 
     def rngs(self) -> tuple[jax.Array, jax.Array]:
         """(init rng, step rng), both from `config.seed`."""
-        init_rng, step_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
-        return init_rng, step_rng
+        return initial_rngs(self.config)
 
 
 def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -75,7 +74,7 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
             f"{config.batch_size}; lower --config.batch_size"
         )
     total_steps = config.total_steps if config.total_steps > 0 else config.epochs * steps_per_epoch
-    method = get_method(config.method)(config, total_steps)
+    method = build_method(config, total_steps)
     tx, schedule = build_optimizer(
         config.optimizer, config.batch_size, steps_per_epoch, total_steps
     )
@@ -132,13 +131,6 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
     return differences
 
 
-def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise UserError(f"{path} not found: is {workdir} the --workdir of a training run?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
 def restore_or_init(run: Run, checkpointer: Checkpointer, step: int | None = None) -> TrainState:
     init_rng, _ = run.rngs()
     if checkpointer.latest_step() is None:
@@ -148,6 +140,23 @@ def restore_or_init(run: Run, checkpointer: Checkpointer, step: int | None = Non
     if step is not None and step not in checkpointer.all_steps():
         raise UserError(f"no checkpoint for step {step}; saved: {checkpointer.all_steps()}")
     return checkpointer.restore(run.init, init_rng, run.replicated, step)
+
+
+def load_frozen(method: Method) -> Any:
+    """Host values of `TrainState.frozen` for a new run of `method` (None: keep `init`'s).
+
+    The method names the run whose networks it keeps frozen and checks what it gets
+    (`Method.frozen_source`, `.check_frozen_config`, `.frozen_from`); the run is loaded
+    here, through `ssljax.run`, so that no method imports the loader or the trainer.
+    Called once before a new run writes anything; never on resume, where the run's own
+    checkpoint holds the frozen values.
+    """
+    source = method.frozen_source()
+    if source is None:
+        return None
+    workdir, step = source
+    method.check_frozen_config(load_config(workdir))
+    return jax.device_get(method.frozen_from(load_run(workdir, step)))
 
 
 def _out_of_time(deadline: float | None, step: int, every: int) -> bool:
@@ -182,7 +191,7 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     run = setup(config, mesh)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    frozen = run.method.load_frozen() if checkpointer.latest_step() is None else None
+    frozen = load_frozen(run.method) if checkpointer.latest_step() is None else None
     save_config(config, workdir)
     state = restore_or_init(run, checkpointer)
     if frozen is not None:

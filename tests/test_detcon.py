@@ -13,7 +13,9 @@ from ssljax.errors import UserError
 from ssljax.methods import get_method
 from ssljax.methods.base import apply_train
 from ssljax.methods.byol import Byol
-from ssljax.methods.detcon import DetConB, DetConS, head_bn_group, mask_pool
+from ssljax.methods.detcon import head_bn_group, mask_pool
+from ssljax.methods.detcon_b import DetConB
+from ssljax.methods.detcon_s import DetConS
 from ssljax.optim import build_optimizer
 from ssljax.sharding import DATA_AXIS
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssljax.data import augment, fashion_mnist, mask_cache, masks, pipeline, registry
+from ssljax.data import augment, fashion_mnist, fh, mask_cache, masks, pipeline, registry
 from ssljax.errors import UserError
 
-SMALL_FH = masks.FHParams.make((100,), 0.8, 20)  # ~8 segments on a 28-px Fashion-MNIST image
+SMALL_FH = fh.FHParams.make((100,), 0.8, 20)  # ~8 segments on a 28-px Fashion-MNIST image
 CROP_AND_FLIP_ONLY = augment.crop_and_flip(0.3)
 
 
@@ -188,34 +188,34 @@ def test_segment_ids_above_255_and_65535_survive_views_pooling_and_sampling():
 
 def test_felzenszwalb_mask_is_int32_with_paper_defaults_and_reacts_to_its_parameters():
     image, _, _ = _painted(size=64, n=2)
-    fh = masks.felzenszwalb_mask(image, scale=100, sigma=0.8, min_size=300)
-    assert fh.dtype == np.int32 and fh.shape == (64, 64)
-    quadrants = [fh[:32, :32], fh[:32, 32:], fh[32:, :32], fh[32:, 32:]]
+    segments = fh.felzenszwalb_mask(image, scale=100, sigma=0.8, min_size=300)
+    assert segments.dtype == np.int32 and segments.shape == (64, 64)
+    quadrants = [segments[:32, :32], segments[:32, 32:], segments[32:, :32], segments[32:, 32:]]
     assert len({int(np.median(q)) for q in quadrants}) == 4  # the four painted quadrants
-    assert len(np.unique(fh)) == 4
-    gray = masks.felzenszwalb_mask(image[..., :1], scale=100, min_size=300)
+    assert len(np.unique(segments)) == 4
+    gray = fh.felzenszwalb_mask(image[..., :1], scale=100, min_size=300)
     assert gray.shape == (64, 64)
     # The paper's ImageNet parameters make one segment of a small 28-px image.
     tiny = np.random.default_rng(0).integers(0, 256, (28, 28, 1), dtype=np.uint8)
-    assert np.unique(masks.felzenszwalb_mask(tiny)).tolist() == [0]
-    both = masks.fh_masks(image, masks.FHParams.make((100, 100000), 0.8, 20))
+    assert np.unique(fh.felzenszwalb_mask(tiny)).tolist() == [0]
+    both = fh.fh_masks(image, fh.FHParams.make((100, 100000), 0.8, 20))
     assert both.shape == (64, 64, 2) and len(np.unique(both[..., 1])) < 4
 
 
 def test_fh_params_key_names_every_parameter_and_min_size_zero_means_the_scale():
-    assert masks.FHParams().key == "fh_s1000_sig0.8_min1000"
-    coco = masks.FHParams.make((500, 1000, 1500), 0.8, 0)
+    assert fh.FHParams().key == "fh_s1000_sig0.8_min1000"
+    coco = fh.FHParams.make((500, 1000, 1500), 0.8, 0)
     assert coco.min_sizes == (500, 1000, 1500)
     assert coco.key == "fh_s500-1000-1500_sig0.8_min500-1000-1500"
     keys = {
-        masks.FHParams.make(1000, 0.8, 1000).key,
-        masks.FHParams.make(1000, 0.5, 1000).key,
-        masks.FHParams.make(1000, 0.8, 500).key,
-        masks.FHParams.make(900, 0.8, 1000).key,
+        fh.FHParams.make(1000, 0.8, 1000).key,
+        fh.FHParams.make(1000, 0.5, 1000).key,
+        fh.FHParams.make(1000, 0.8, 500).key,
+        fh.FHParams.make(900, 0.8, 1000).key,
     }
     assert len(keys) == 4
     with pytest.raises(UserError, match="one min_size per scale"):
-        masks.FHParams.make((500, 1000), 0.8, (500,))
+        fh.FHParams.make((500, 1000), 0.8, (500,))
 
 
 def test_grid_and_global_masks():
@@ -255,7 +255,7 @@ def test_fh_cache_round_trips_int32_masks_and_keys_on_its_parameters(tmp_path):
     np.testing.assert_array_equal(reopened.read_in_shard(0, 1), maps[1])
     assert reopened.directory == os.path.join(str(tmp_path), "toy", "train", SMALL_FH.key)
 
-    other = masks.FHParams.make((100,), 0.8, 21)
+    other = fh.FHParams.make((100,), 0.8, 21)
     assert mask_cache.MaskCache(str(tmp_path), "toy", "train", other).meta is None
     with pytest.raises(UserError, match="another version"):
         reopened.create(_Split(3, [1, 2]), chunk_size=2)

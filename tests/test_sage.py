@@ -18,12 +18,12 @@ import pytest
 import tensorflow as tf
 
 from ssljax import configlib, train
-from ssljax.checkpoint import Checkpointer
 from ssljax.errors import UserError
 from ssljax.methods import base, byol, get_method, sage
 from ssljax.methods.sage import SaGe
 from ssljax.models.decoder import Decoder, num_up_blocks
 from ssljax.optim import build_optimizer
+from ssljax.run import load_run
 from ssljax.sharding import DATA_AXIS
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -227,9 +227,7 @@ def test_with_lambda_zero_the_encoder_update_equals_byols(two_stage):
                 theirs[name],
             )
     # ... while the decoder keeps learning to invert BYOL's features: steps 4-6 move it.
-    run = train.setup(train.load_config(root / "sage"))
-    checkpointer = Checkpointer(root / "sage" / "checkpoints", asynchronous=False)
-    earlier = jax.device_get(train.restore_or_init(run, checkpointer, step=3)).params["decoder"]
+    earlier = jax.device_get(load_run(root / "sage", step=3).state.params["decoder"])
     moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), sage_state.params["decoder"], earlier)
     assert all(jax.tree.leaves(moved))
 
@@ -246,8 +244,9 @@ def test_evaluator_of_another_architecture_stops_the_run(two_stage, tmp_path):
     config = _config(checkpoint=str(root / "byol"))
     evaluator = sage.build_evaluator(config)
     evaluator = evaluator.clone(encoder=evaluator.encoder.clone(stage_sizes=(2, 2, 2, 2)))
+    state = load_run(root / "byol").state
     with pytest.raises(UserError, match="does not fit config.evaluator"):
-        sage.load_evaluator(config, evaluator)
+        sage.evaluator_variables(config, evaluator, state.params, state.batch_stats)
 
 
 def test_perceptual_command_reports_both_accuracies_and_saves_a_grid(two_stage, capsys):

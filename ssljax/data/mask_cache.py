@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ssljax.data.masks import FHParams, fh_masks
+from ssljax.data.fh import FHParams, fh_masks
 from ssljax.errors import UserError
 
 if TYPE_CHECKING:

@@ -9,9 +9,9 @@ Ids stay int32 end to end: the DetCon reference stores uint8 and wraps above 255
 Felzenszwalb–Huttenlocher (FH) masks are expensive, so a large dataset's are computed
 once by ``python -m ssljax.data.masks --dataset=NAME --split=SPLIT`` into a cache keyed
 by dataset, split and FH parameters (`ssljax.data.mask_cache`); small datasets may
-compute them in the pipeline instead (`masks.compute_in_pipeline`). TensorFlow is
-imported inside the functions that need it, so that the FH worker processes of the
-precompute command import only numpy and scikit-image.
+compute them in the pipeline instead (`masks.compute_in_pipeline`). FH itself is
+`ssljax.data.fh` (numpy and scikit-image only, for the precompute command's workers);
+TensorFlow is imported inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ssljax.data.fh import FHParams, fh_masks
 from ssljax.errors import UserError
 
 if TYPE_CHECKING:
@@ -42,25 +43,6 @@ _SAMPLE_IDS, _PICK_SCALE = 2, 3
 # ---- Masks of one image ------------------------------------------------------------
 
 
-def felzenszwalb_mask(
-    image: np.ndarray, scale: float = 1000, sigma: float = 0.8, min_size: int = 1000
-) -> np.ndarray:
-    """FH segmentation of a uint8 [H, W(, C)] image as int32 [H, W] ids 0..n−1.
-
-    Defaults are the paper's ImageNet values (§3.2), to be run on the full-size image.
-    """
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    from skimage.segmentation import felzenszwalb
-
-    channel_axis = -1 if image.ndim == 3 else None
-    segments = felzenszwalb(
-        image, scale=scale, sigma=sigma, min_size=int(min_size), channel_axis=channel_axis
-    )
-    return segments.astype(np.int32)
-
-
 def grid_mask(height: int, width: int, n: int) -> np.ndarray:
     """n×n blocks of (nearly) equal size, ids row-major 0..n²−1 (§3.2 spatial heuristic)."""
     rows = np.arange(height) * n // height
@@ -71,64 +53,6 @@ def grid_mask(height: int, width: int, n: int) -> np.ndarray:
 def global_mask(height: int, width: int) -> np.ndarray:
     """One segment over the whole image: DetCon with it is SimCLR / BYOL (§3.1)."""
     return np.zeros((height, width), np.int32)
-
-
-@dataclasses.dataclass(frozen=True)
-class FHParams:
-    """FH parameters; several scales give several mask channels (COCO: 500/1000/1500,
-    min_size = scale), of which the pipeline draws one per image and epoch."""
-
-    scales: tuple[float, ...] = (1000.0,)
-    sigma: float = 0.8
-    min_sizes: tuple[int, ...] = (1000,)
-
-    def __post_init__(self):
-        if not self.scales or len(self.min_sizes) != len(self.scales):
-            raise UserError(
-                f"FH needs one min_size per scale, got scales={self.scales} "
-                f"min_sizes={self.min_sizes}"
-            )
-
-    @classmethod
-    def make(cls, scales, sigma: float, min_size) -> FHParams:
-        """`min_size` is one int for every scale, one per scale, or 0 for 'equal to scale'."""
-        scales = tuple(float(s) for s in (scales if isinstance(scales, Sequence) else [scales]))
-        if isinstance(min_size, Sequence):
-            min_sizes = tuple(int(m) for m in min_size)
-        else:
-            min_sizes = tuple(int(s if int(min_size) == 0 else min_size) for s in scales)
-        return cls(scales, float(sigma), min_sizes)
-
-    @classmethod
-    def from_config(cls, masks_config) -> FHParams:
-        return cls.make(masks_config.fh_scales, masks_config.fh_sigma, masks_config.fh_min_size)
-
-    @property
-    def key(self) -> str:
-        """The cache directory name, e.g. 'fh_s1000_sig0.8_min1000'."""
-
-        def join(values):
-            return "-".join(f"{v:g}" for v in values)
-
-        return f"fh_s{join(self.scales)}_sig{self.sigma:g}_min{join(self.min_sizes)}"
-
-    def flags(self) -> str:
-        """The precompute command's flags for these parameters."""
-        return (
-            f"--scale={','.join(f'{s:g}' for s in self.scales)} --sigma={self.sigma:g} "
-            f"--min_size={','.join(str(m) for m in self.min_sizes)}"
-        )
-
-
-def fh_masks(image: np.ndarray, params: FHParams) -> np.ndarray:
-    """int32 [H, W, C]: one FH mask per scale of `params`."""
-    return np.stack(
-        [
-            felzenszwalb_mask(image, scale, params.sigma, min_size)
-            for scale, min_size in zip(params.scales, params.min_sizes, strict=True)
-        ],
-        axis=-1,
-    )
 
 
 # ---- Views and the batch contract (tf.data) --------------------------------------
@@ -398,6 +322,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ssljax.data import masks as _module  # one FHParams class: the importable one
-
-    sys.exit(_module.main())
+    sys.exit(main())

@@ -9,6 +9,8 @@ reused while the encoder's weights and the evaluation view stay the same.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -19,16 +21,41 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from etils.epath import Path
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 
-from ssljax import train
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
-from ssljax.errors import UserError
-from ssljax.sharding import SPLIT
+from ssljax.run import LoadedRun, load_run
+from ssljax.sharding import REPLICATED, SPLIT, make_mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRun:
+    """What an evaluation reads of a loaded run: its config (with the evaluation dataset),
+    method, mesh, and the evaluation dataset's registry entry."""
+
+    config: ml_collections.ConfigDict
+    method: Any  # ssljax.methods.base.Method
+    mesh: Mesh
+    dataset: registry.DatasetInfo
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, REPLICATED)
+
+
+def evaluation_run(loaded: LoadedRun, dataset: str | None = None) -> EvalRun:
+    """`loaded` seen through the evaluation dataset (`dataset`, default: the run's own)."""
+    config = copy.deepcopy(loaded.config)
+    if dataset:
+        config.dataset.name = dataset
+        config.dataset.train_split = None
+    info, _ = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
+    return EvalRun(config, loaded.method, make_mesh(), info)
 
 
 def load_encoder(
@@ -39,21 +66,8 @@ def load_encoder(
 ):
     """(run, encoder variables) of a training run: its newest (or `checkpoint`) state, or
     with `random_init` the untrained network the run started from (same config and seed)."""
-    config = train.load_config(workdir)
-    if dataset:
-        config.dataset.name = dataset
-        config.dataset.train_split = None
-    run = train.setup(config)
-    if random_init:
-        state = run.init(run.rngs()[0])
-    else:
-        checkpointer = Checkpointer(Path(workdir) / "checkpoints", asynchronous=False)
-        if checkpointer.latest_step() is None:
-            raise UserError(f"no checkpoint in {workdir}: train first, or pass --random-init")
-        state = train.restore_or_init(run, checkpointer, step=checkpoint)
-    batch_stats = (state.batch_stats or {}).get("encoder", {})  # a ViT has none
-    variables = {"params": state.params["encoder"], "batch_stats": batch_stats}
-    return run, variables
+    loaded = load_run(workdir, checkpoint, random_init=random_init)
+    return evaluation_run(loaded, dataset), loaded.encoder_variables()
 
 
 def checkpoint_step(workdir: str | Path, checkpoint: int | None = None) -> int | None:
@@ -63,7 +77,7 @@ def checkpoint_step(workdir: str | Path, checkpoint: int | None = None) -> int |
     return Checkpointer(Path(workdir) / "checkpoints", asynchronous=False).latest_step()
 
 
-def _num_batches(run: train.Run, split: str, local_batch: int) -> int:
+def _num_batches(run: EvalRun, split: str, local_batch: int) -> int:
     """The number of batches `pipeline.eval_batches` yields (for the progress bar)."""
     _, builder = registry.get_dataset(run.config.dataset.name, run.config.dataset.data_dir)
     num_examples = registry.split_num_examples(builder, split)
@@ -71,7 +85,7 @@ def _num_batches(run: train.Run, split: str, local_batch: int) -> int:
 
 
 def extract_features(
-    run: train.Run, variables: Any, split: str, raw_pixels: bool = False
+    run: EvalRun, variables: Any, split: str, raw_pixels: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(features [N, C], labels [N]) of every image of `split`, in inference mode.
 
@@ -113,7 +127,7 @@ def extract_features(
     return np.concatenate(features), np.concatenate(labels)
 
 
-def _fingerprint(run: train.Run, variables: Any, split: str) -> str:
+def _fingerprint(run: EvalRun, variables: Any, split: str) -> str:
     """What the features depend on: the encoder's weights and the evaluation view."""
     digest = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves(jax.device_get(variables)):
@@ -154,7 +168,7 @@ def _write_cache(path: Path, fingerprint: str, features: np.ndarray, labels: np.
 
 
 def cached_features(
-    run: train.Run,
+    run: EvalRun,
     variables: Any,
     split: str,
     workdir: str | Path,

@@ -37,12 +37,12 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from ssljax import train
-from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
+from ssljax.eval.features import EvalRun, evaluation_run
 from ssljax.methods import base
 from ssljax.optim import adaptation_mask
+from ssljax.run import load_config, load_run
 from ssljax.sharding import SPLIT, check_batch_size
 
 
@@ -88,29 +88,20 @@ class Classifier(nn.Module):
 
 def load_sage(workdir, checkpoint=None, random_init=False, dataset=None):
     """(run, {'params', 'batch_stats': {'encoder', 'decoder'}}, step) of a SaGe run."""
-    config = train.load_config(workdir)
+    config = load_config(workdir)
     if config.method != "sage":
         raise UserError(
             f"{workdir} is a {config.method} run: the perceptual test needs a SaGe run's "
             "decoder (configs/sage.py; generation_weight=0 trains one on frozen BYOL features)"
         )
-    if dataset:
-        config.dataset.name, config.dataset.train_split = dataset, None
-    run = train.setup(config)
-    if random_init:
-        state, step = run.init(run.rngs()[0]), 0
-    else:
-        checkpointer = Checkpointer(Path(workdir) / "checkpoints", asynchronous=False)
-        if checkpointer.latest_step() is None:
-            raise UserError(f"no checkpoint in {workdir}: train first, or pass --random-init")
-        state = train.restore_or_init(run, checkpointer, step=checkpoint)
-        step = int(jax.device_get(state.step))
+    loaded = load_run(workdir, checkpoint, random_init=random_init)
+    state = loaded.state
     parts = ("encoder", "decoder")
     variables = {
         "params": {k: state.params[k] for k in parts},
         "batch_stats": {k: state.batch_stats.get(k, {}) for k in parts},
     }
-    return run, variables, step
+    return evaluation_run(loaded, dataset), variables, loaded.step
 
 
 def _training_batches(config, split, local_batch, epoch, seed):
@@ -133,7 +124,7 @@ def _training_batches(config, split, local_batch, epoch, seed):
         yield np.where(flip[:, None, None, None], images[:, :, ::-1], images), labels
 
 
-def train_classifier(run: train.Run, split: str, epochs: int, batch_size: int, seed: int = 0):
+def train_classifier(run: EvalRun, split: str, epochs: int, batch_size: int, seed: int = 0):
     """The classifier's variables after `epochs` supervised epochs on `split`."""
     config, mesh = run.config, run.mesh
     check_batch_size(batch_size, mesh)
@@ -180,7 +171,7 @@ def train_classifier(run: train.Run, split: str, epochs: int, batch_size: int, s
     return variables
 
 
-def classifier_model(run: train.Run) -> Classifier:
+def classifier_model(run: EvalRun) -> Classifier:
     backbone = base.build_encoder(run.config, bn_group="local", axis_name=None)
     return Classifier(backbone, run.dataset.num_classes)
 

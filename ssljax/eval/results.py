@@ -13,8 +13,8 @@ import json
 import jax
 from etils.epath import Path
 
-from ssljax import train
 from ssljax.eval import features as feats
+from ssljax.run import load_config
 
 
 def features_kind(random_init: bool, raw_pixels: bool = False) -> str:
@@ -30,7 +30,7 @@ def result_name(
     workdir: str | Path, protocol: str, dataset: str | None, kind: str, checkpoint: int | None
 ) -> str:
     name = protocol
-    if dataset and dataset != train.load_config(workdir).dataset.name:
+    if dataset and dataset != load_config(workdir).dataset.name:
         name += f"_{dataset}"
     if kind != "trained":
         name += f"_{kind}"

@@ -28,7 +28,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils.epath import Path
 
-from ssljax import train
 from ssljax.data import augment, pipeline, registry
 from ssljax.errors import UserError
 from ssljax.eval import features as feats
@@ -134,7 +133,7 @@ class FinetuneState:
     opt_state: Any
 
 
-def make_finetune_step(run: train.Run, tx: optax.GradientTransformation, num_classes: int):
+def make_finetune_step(run: feats.EvalRun, tx: optax.GradientTransformation, num_classes: int):
     """The jitted, sharded `step(state, batch) -> (state, loss)` over `run.mesh`."""
     head = LinearClassifier(num_classes=num_classes)
 
@@ -171,7 +170,7 @@ def make_finetune_step(run: train.Run, tx: optax.GradientTransformation, num_cla
     return jax.jit(sharded, donate_argnums=(0,))
 
 
-def finetune(run: train.Run, variables: Any, subset: np.ndarray, recipe: Recipe, seed: int):
+def finetune(run: feats.EvalRun, variables: Any, subset: np.ndarray, recipe: Recipe, seed: int):
     """(encoder variables, head params, mean loss of the last epoch) after fine-tuning."""
     num_classes = run.dataset.num_classes
     check_batch_size(recipe.batch_size, run.mesh)

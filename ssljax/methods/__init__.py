@@ -1,86 +1,33 @@
-"""The registry of objectives: `config.method` names one of `METHODS`."""
+"""Objectives, found by module path: `config.method = NAME` is `ssljax.methods.NAME`, whose
+`METHOD` is the Method class. Adding an objective adds one module here (and a config)."""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from ssljax.errors import UserError
 
 
-def _byol():
-    from ssljax.methods.byol import Byol
-
-    return Byol
-
-
-def _simclr():
-    from ssljax.methods.simclr import SimCLR
-
-    return SimCLR
-
-
-def _moco():
-    from ssljax.methods.moco import MoCo
-
-    return MoCo
-
-
-def _m2_teacher():
-    from ssljax.methods.m2_teacher import MomentumSquaredTeacher
-
-    return MomentumSquaredTeacher
-
-
-def _detcon_s():
-    from ssljax.methods.detcon import DetConS
-
-    return DetConS
-
-
-def _detcon_b():
-    from ssljax.methods.detcon import DetConB
-
-    return DetConB
-
-
-def _sage():
-    from ssljax.methods.sage import SaGe
-
-    return SaGe
-
-
-def _dino():
-    from ssljax.methods.dino import Dino
-
-    return Dino
-
-
-def _swav():
-    from ssljax.methods.swav import SwAV
-
-    return SwAV
-
-
-def _mocov2_star():
-    from ssljax.methods.mocov2_star import MoCoV2Star
-
-    return MoCoV2Star
-
-
-METHODS = {
-    "byol": _byol,
-    "m2_teacher": _m2_teacher,
-    "simclr": _simclr,
-    "moco": _moco,
-    "detcon_s": _detcon_s,
-    "detcon_b": _detcon_b,
-    "dino": _dino,
-    "sage": _sage,
-    "swav": _swav,
-    "mocov2_star": _mocov2_star,
-}
+def available_methods() -> list[str]:
+    """The names of every module in this package that defines a `METHOD`."""
+    names = []
+    for module in pkgutil.iter_modules(__path__):
+        if getattr(importlib.import_module(f"{__name__}.{module.name}"), "METHOD", None):
+            names.append(module.name)
+    return sorted(names)
 
 
 def get_method(name: str):
-    """The Method class registered as `name`."""
-    if name not in METHODS:
-        raise UserError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name]()
+    """The Method class of `ssljax.methods.<name>`; an unknown name is a UserError."""
+    module_name = f"{__name__}.{name}"
+    try:
+        module = importlib.import_module(module_name) if name.isidentifier() else None
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        module = None
+    method = getattr(module, "METHOD", None)
+    if method is None:
+        raise UserError(f"unknown method {name!r}; choose one of {available_methods()}")
+    return method

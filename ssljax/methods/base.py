@@ -109,14 +109,22 @@ class Method:
     def after_update(self, state: TrainState) -> TrainState:
         return state
 
-    def load_frozen(self) -> Any:
-        """Host values of `TrainState.frozen` for a fresh run (None: keep `init`'s).
+    def frozen_source(self) -> tuple[str, int | None] | None:
+        """(workdir, step or None for the newest) of the run whose networks a new run keeps
+        frozen in `TrainState.frozen` (SaGe's evaluator); None: `init`'s values stay.
 
-        Called once before a new run writes anything, so that a missing or mismatched
-        network (SaGe's evaluator) stops it with a message; never on resume, where the
-        run's own checkpoint holds the frozen values.
+        The trainer loads that run (`ssljax.train.load_frozen`) before a new run writes
+        anything, so a missing or mismatched network stops it with a message; never on
+        resume, where the run's own checkpoint holds the frozen values.
         """
         return None
+
+    def check_frozen_config(self, config: ml_collections.ConfigDict) -> None:
+        """Refuse a `frozen_source` run whose config does not describe the wanted network."""
+
+    def frozen_from(self, loaded: Any) -> Any:
+        """`TrainState.frozen` from the `frozen_source` run (an `ssljax.run.LoadedRun`)."""
+        raise NotImplementedError
 
     def schedules(self, step: jax.Array) -> dict[str, jax.Array]:
         """Per-step values of the method's own schedules, logged beside the LR."""

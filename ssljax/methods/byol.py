@@ -50,3 +50,6 @@ class Byol(EmaTargetMethod):
             "features": online1["pooled"],
         }
         return loss, aux
+
+
+METHOD = Byol

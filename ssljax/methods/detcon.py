@@ -20,11 +20,11 @@ With one global mask (R = 1) the networks are exactly SimCLR's and BYOL's, DetCo
 loss is 2 × SimCLR's NT-Xent and DetCon_B's is BYOL's regression loss rescaled plus a
 log-partition over negatives (tests/test_detcon.py shows both). The online probe reads
 the globally pooled online features of view 1.
+
+This module holds what both share; the objectives are `detcon_s` and `detcon_b`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import chex
 import flax.linen as nn
@@ -32,17 +32,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax import losses
 from ssljax.errors import UserError
 from ssljax.methods.base import (
-    EmaTargetMethod,
-    Method,
     apply_train,
-    build_encoder,
-    build_mlp,
 )
 from ssljax.models.norm import parse_bn_group
-from ssljax.sharding import DATA_AXIS
 
 
 def mask_pool(features: jax.Array, mask: jax.Array, ids: jax.Array) -> jax.Array:
@@ -143,7 +137,7 @@ def mask_metrics(ids1: jax.Array, ids2: jax.Array) -> dict[str, jax.Array]:
     }
 
 
-def _forward(network, params, batch_stats, batch, view: int):
+def forward(network, params, batch_stats, batch, view: int):
     return apply_train(
         network,
         params,
@@ -152,85 +146,3 @@ def _forward(network, params, batch_stats, batch, view: int):
         mask=batch[f"mask{view}"],
         ids=batch[f"ids{view}"],
     )
-
-
-class DetConS(Method):
-    """DetCon_S: SimCLR's network and projector, the contrastive detection loss.
-
-    Projector `config.projector` (paper A.2: 2048 → 128, BN after the hidden layer);
-    both views through the same parameters; `detcon_loss(v1, v2, v1, v2)` so every
-    embedding is both a query and a (trained) key, as in SimCLR.
-    """
-
-    def __init__(self, config: ml_collections.ConfigDict, total_steps: int):
-        super().__init__(config, total_steps)
-        encoder = build_encoder(config)
-        check_masks_config(config, encoder)
-        head = config.projector
-        projector = build_mlp(
-            head,
-            head_bn_group(config),
-            use_bn=head.use_bn,
-            hidden_bias=head.hidden_bias,
-            last_bias=head.last_bias,
-        )
-        self.online = MaskPooledNetwork(encoder, projector)
-
-    def loss(self, params, state, batch, rng) -> tuple[jax.Array, dict[str, Any]]:
-        out1, stats = _forward(self.online, params, state.batch_stats, batch, 1)
-        out2, stats = _forward(self.online, params, stats, batch, 2)
-        v1, v2 = out1["projection"], out2["projection"]
-        ids1, ids2 = batch["ids1"], batch["ids2"]
-        loss = losses.detcon_loss(
-            v1, v2, v1, v2, ids1, ids2, self.config.temperature, axis_name=DATA_AXIS
-        )
-        aux = {
-            "updates": {"batch_stats": stats},
-            "features": out1["pooled"],
-            "metrics": mask_metrics(batch["ids1"], batch["ids2"]),
-        }
-        return loss, aux
-
-
-class DetConB(EmaTargetMethod):
-    """DetCon_B: BYOL's networks (EMA target, predictor), the contrastive detection loss.
-
-    Projector and predictor `config.projector` / `config.predictor` (paper A.2: 4096 →
-    256); τ from `config.tau_base` (0.996 at 1000 epochs) to 1 on a cosine. Each view
-    passes the online and the target network on its own, the target with its own BN
-    statistics; both pool with the batch's masks and ids.
-    """
-
-    def __init__(self, config: ml_collections.ConfigDict, total_steps: int):
-        super().__init__(config, total_steps)
-        encoder = build_encoder(config)
-        check_masks_config(config, encoder)
-        projector = build_mlp(config.projector, head_bn_group(config))
-        predictor = build_mlp(config.predictor, head_bn_group(config))
-        self.online = MaskPooledNetwork(encoder, projector, predictor)
-        self.target = MaskPooledNetwork(encoder, projector)
-
-    def loss(self, params, state, batch, rng) -> tuple[jax.Array, dict[str, Any]]:
-        online1, stats = _forward(self.online, params, state.batch_stats, batch, 1)
-        online2, stats = _forward(self.online, params, stats, batch, 2)
-        target_params = state.target_params
-        target1, target_stats = _forward(
-            self.target, target_params, state.target_batch_stats, batch, 1
-        )
-        target2, target_stats = _forward(self.target, target_params, target_stats, batch, 2)
-        loss = losses.detcon_loss(
-            online1["prediction"],
-            online2["prediction"],
-            jax.lax.stop_gradient(target1["projection"]),
-            jax.lax.stop_gradient(target2["projection"]),
-            batch["ids1"],
-            batch["ids2"],
-            self.config.temperature,
-            axis_name=DATA_AXIS,
-        )
-        aux = {
-            "updates": {"batch_stats": stats, "target_batch_stats": target_stats},
-            "features": online1["pooled"],
-            "metrics": mask_metrics(batch["ids1"], batch["ids2"]),
-        }
-        return loss, aux

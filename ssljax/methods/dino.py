@@ -154,3 +154,6 @@ class Dino(EmaTargetMethod):
             },
         }
         return loss, aux
+
+
+METHOD = Dino

@@ -155,3 +155,6 @@ class MomentumSquaredTeacher(EmaTargetMethod):
             target2["projection"],
         )
         return loss, {"updates": updates, "features": online1["pooled"]}
+
+
+METHOD = MomentumSquaredTeacher

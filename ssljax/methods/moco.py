@@ -234,3 +234,6 @@ class MoCo(EmaTargetMethod):
             },
         }
         return loss, aux
+
+
+METHOD = MoCo

@@ -67,3 +67,6 @@ class MoCoV2Star(MoCo):
             },
         }
         return loss, aux
+
+
+METHOD = MoCoV2Star

@@ -123,24 +123,20 @@ def _architecture(model, projector) -> str:
     )
 
 
-def load_evaluator(config: ml_collections.ConfigDict, evaluator: SiameseNetwork) -> Any:
-    """Host variables {'params', 'batch_stats': {'encoder', 'projector'}} of the run in
-    `config.evaluator.checkpoint` (its newest checkpoint, or `config.evaluator.step`).
+def evaluator_source(config: ml_collections.ConfigDict) -> tuple[str, int | None]:
+    """(workdir, step) of the run in `config.evaluator.checkpoint` that holds h_G.
 
-    A missing path, run or checkpoint, or a network other than `config.evaluator.model` /
-    `.projector`, is a UserError that says how to make a matching evaluator.
+    A missing path, run or checkpoint is a UserError that says how to make an evaluator.
     """
     from etils.epath import Path
 
-    from ssljax import train
     from ssljax.checkpoint import Checkpointer
 
     spec = config.evaluator
-    expected = _architecture(spec.model, spec.projector)
     if not spec.checkpoint:
         raise UserError(
-            f"SaGe needs a frozen evaluator ({expected}) and config.evaluator.checkpoint is "
-            f"not set: {how_to_make_an_evaluator(config)}"
+            f"SaGe needs a frozen evaluator ({_architecture(spec.model, spec.projector)}) and "
+            f"config.evaluator.checkpoint is not set: {how_to_make_an_evaluator(config)}"
         )
     workdir = Path(spec.checkpoint)
     if not (workdir / "config.json").exists():
@@ -148,31 +144,42 @@ def load_evaluator(config: ml_collections.ConfigDict, evaluator: SiameseNetwork)
             f"config.evaluator.checkpoint={workdir} is not the --workdir of a training run "
             f"(no config.json): {how_to_make_an_evaluator(config)}"
         )
-    source = train.load_config(workdir)
+    checkpointer = Checkpointer(workdir / "checkpoints", asynchronous=False)
+    try:
+        if checkpointer.latest_step() is None:
+            raise UserError(
+                f"config.evaluator.checkpoint={workdir} has no checkpoint yet: "
+                f"{how_to_make_an_evaluator(config)}"
+            )
+    finally:
+        checkpointer.close()
+    return str(workdir), spec.get("step")
+
+
+def check_evaluator_config(config: ml_collections.ConfigDict, source) -> None:
+    """Refuse an evaluator run (config `source`) other than `config.evaluator` asks for."""
+    spec = config.evaluator
+    expected = _architecture(spec.model, spec.projector)
     found = _architecture(source.model, source.projector)
     keys = ("name", "width", "small_stem")
     if any(source.model.get(k) != spec.model.get(k) for k in keys) or found != expected:
         raise UserError(
-            f"the evaluator in {workdir} is a {found}, but config.evaluator asks for a "
+            f"the evaluator in {spec.checkpoint} is a {found}, but config.evaluator asks for a "
             f"{expected}; set config.evaluator.model/projector to match it, or "
             f"{how_to_make_an_evaluator(config)}"
         )
-    checkpointer = Checkpointer(workdir / "checkpoints", asynchronous=False)
-    if checkpointer.latest_step() is None:
-        raise UserError(
-            f"config.evaluator.checkpoint={workdir} has no checkpoint yet: "
-            f"{how_to_make_an_evaluator(config)}"
-        )
-    run = train.setup(source)
-    state = train.restore_or_init(run, checkpointer, step=spec.get("step"))
-    checkpointer.close()
+
+
+def evaluator_variables(
+    config: ml_collections.ConfigDict, evaluator: SiameseNetwork, params: Any, batch_stats: Any
+) -> Any:
+    """{'params', 'batch_stats': {'encoder', 'projector'}} of an evaluator run's state,
+    checked leaf by leaf against the shapes `evaluator` expects."""
     parts = ("encoder", "projector")
-    variables = jax.device_get(
-        {
-            "params": {k: state.params[k] for k in parts},
-            "batch_stats": {k: state.batch_stats[k] for k in parts},
-        }
-    )
+    variables = {
+        "params": {k: params[k] for k in parts},
+        "batch_stats": {k: batch_stats[k] for k in parts},
+    }
     size = config.dataset.image_size
     images = jnp.zeros((1, size, size, 3), jnp.float32)
     shapes = jax.eval_shape(lambda: evaluator.init(jax.random.PRNGKey(0), images, train=False))
@@ -181,7 +188,7 @@ def load_evaluator(config: ml_collections.ConfigDict, evaluator: SiameseNetwork)
     if want != got:
         path = next(p for p in {*want, *got} if want.get(p) != got.get(p))
         raise UserError(
-            f"the evaluator in {workdir} does not fit config.evaluator: "
+            f"the evaluator in {config.evaluator.checkpoint} does not fit config.evaluator: "
             f"{jax.tree_util.keystr(path)} is {got.get(path)} there, {want.get(path)} here; "
             f"{how_to_make_an_evaluator(config)}"
         )
@@ -238,11 +245,19 @@ class SaGe(Byol):
                 f"output; set config.generation.{missing[0]}=0 or use a ResNet evaluator"
             )
 
-    def load_frozen(self):
-        """The evaluator's variables from `config.evaluator.checkpoint` (checked first)."""
+    def frozen_source(self):
+        """The evaluator run of `config.evaluator.checkpoint` (None: random or no evaluator)."""
         if self.evaluator is None or self.config.evaluator.checkpoint == RANDOM_EVALUATOR:
             return None
-        return load_evaluator(self.config, self.evaluator)
+        return evaluator_source(self.config)
+
+    def check_frozen_config(self, config):
+        check_evaluator_config(self.config, config)
+
+    def frozen_from(self, loaded):
+        """h_G's variables: the evaluator run's online encoder and projector."""
+        state = loaded.state
+        return evaluator_variables(self.config, self.evaluator, state.params, state.batch_stats)
 
     def evaluator_features(self, frozen, images):
         """h_G's outputs on `images` in [0, 1] without gradient to h_G's variables: with the
@@ -316,3 +331,6 @@ class SaGe(Byol):
             "metrics": {"loss_byol": byol, "loss_generation": generation, **terms},
         }
         return loss, aux
+
+
+METHOD = SaGe

@@ -41,3 +41,6 @@ class SimCLR(Method):
         )
         aux = {"updates": {"batch_stats": stats}, "features": out1["pooled"]}
         return loss, aux
+
+
+METHOD = SimCLR

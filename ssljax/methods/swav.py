@@ -177,3 +177,6 @@ class SwAV(Method):
         if queue is not None:
             updates["queue"] = queue
         return loss, {"updates": updates, "features": out["pooled"][0], "metrics": metrics}
+
+
+METHOD = SwAV
