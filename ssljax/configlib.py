@@ -67,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.trust_coefficient = 1e-3  # LARS η
     c.optimizer.warmup_epochs = 10.0
     c.optimizer.schedule = "cosine"  # 'cosine' | 'steps' | 'constant'
+    c.optimizer.min_lr = 0.0  # where 'cosine' ends (absolute LR)
+    # With a value: weight decay follows a cosine from weight_decay to it (adamw, sgd).
+    c.optimizer.weight_decay_end = config_dict.placeholder(float)
     c.optimizer.decay_at = ()  # fractions of training, for 'steps'
     c.optimizer.decay_factor = 0.1
 
