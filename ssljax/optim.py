@@ -32,9 +32,9 @@ def learning_rate_schedule(
     """Linear warm-up from 0 over `opt.warmup_epochs`, then `opt.schedule`.
 
     `cosine` decays to `opt.min_lr` (absolute, default 0) at `total_steps`, as DINO's
-    `cosine_scheduler` from the peak to its final value; `steps` multiplies by `opt.decay_factor` at each
-    fraction of training in `opt.decay_at` (MoCo v1: 120/200 and 160/200; DetCon on COCO:
-    0.96 and 0.98); `constant` stays at the peak.
+    `cosine_scheduler` from the peak to its final value; `steps` multiplies by
+    `opt.decay_factor` at each fraction of training in `opt.decay_at` (MoCo v1: 120/200 and
+    160/200; DetCon on COCO: 0.96 and 0.98); `constant` stays at the peak.
     """
     peak = peak_learning_rate(opt.base_lr, batch_size)
     warmup = min(int(round(opt.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
