@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.decay_at = ()  # fractions of training, for 'steps'
     c.optimizer.decay_factor = 0.1
 
-    # DetCon segmentation masks (SPEC.md "DetCon_S / DetCon_B"); 'none' for other methods.
+    # DetCon segmentation masks (DetCon §3.2, docs/fidelity.md); 'none' for other methods.
     c.masks = ml_collections.ConfigDict()
     c.masks.kind = "none"  # 'none' | 'fh' | 'grid' | 'global' | 'ground_truth' (coco_panoptic)
     # Felzenszwalb–Huttenlocher scale(s) (ImageNet: 1000); with several, each image draws

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-6) -> jax.Array:
-    """x / max(‖x‖, eps), the `norm` of SPEC.md."""
+    """x / max(‖x‖, eps): the L2 normalisation of every loss here."""
     norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
     return x / jnp.maximum(norm, eps)
 

@@ -63,7 +63,7 @@ def _off(preset):
     return ops
 
 
-def test_presets_match_the_spec_table():
+def test_presets_match_the_papers_tables():
     byol, simclr, v1, v2 = (augment.PRESETS[k] for k in ("byol", "simclr", "moco_v1", "moco_v2"))
     assert (byol.s_min, byol.p_jit, byol.brightness, byol.contrast) == (0.08, 0.8, 0.4, 0.4)
     assert (byol.saturation, byol.hue, byol.p_gray) == (0.2, 0.1, 0.2)
@@ -125,7 +125,7 @@ def _reference_crop_areas(height, width, s_min, n, rng):
 
 
 @pytest.mark.parametrize("s_min", sorted({p.s_min for p in augment.PRESETS.values()}))
-def test_crop_window_area_and_aspect_follow_the_spec_rule(s_min):
+def test_crop_window_area_and_aspect_follow_the_torchvision_rule(s_min):
     n, height, width = 4000, 300, 400
     seeds = tf.stack([tf.range(n, dtype=tf.int64), tf.ones(n, tf.int64)], axis=1)
     windows = next(

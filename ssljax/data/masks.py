@@ -3,7 +3,8 @@
 A mask is an int32 [H, W] map of segment ids over an image's full resolution. Each view
 gets its image's crop window and flip with nearest-neighbour resizing (`augment_view`'s
 `extra` maps), is pooled to the encoder's g×g feature grid by per-cell majority, and R
-ids are sampled among the segments that own a cell (SPEC.md "DetCon_S / DetCon_B").
+ids are sampled per view among the segments that own a cell in that view (DetCon,
+Hénaff et al. 2021, §3.2; docs/fidelity.md).
 Ids stay int32 end to end: the DetCon reference stores uint8 and wraps above 255.
 
 Felzenszwalb–Huttenlocher (FH) masks are expensive, so a large dataset's are computed

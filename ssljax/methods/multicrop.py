@@ -6,7 +6,7 @@ first, [N, b, …], and their outputs keep it, so a loss indexes crops as
 `ssljax.losses.rebalanced_multicrop_loss` does: globals 0..N_g−1, then the locals.
 
 Batch statistics (`config.multicrop.per_crop_bn`): True (default) normalises each crop
-with its own statistics, as SPEC.md asks of every view (the network is vmapped over the
+with its own statistics, as two-view methods normalise every view (the network is vmapped over the
 crop axis, one compiled body for all crops of a resolution); False normalises all crops
 of one resolution together, as the DINO/SwAV/SSLight code does (its MultiCropWrapper
 concatenates same-size crops into one forward pass).
