@@ -41,8 +41,9 @@ def _toy_tree():
 
 
 def _written_out_lars(params, grads_per_step, lrs, wd, eta, momentum):
-    """LARS as the BYOL reference's `optimizers.py`: u = g + wd·w (not for biases/norm), u ← η‖w‖/‖u‖·u (1 when a norm
-    is 0; not for biases/norm), v ← momentum·v + lr·u, w ← w − v."""
+    """LARS as the BYOL reference's `optimizers.py`: u = g + wd·w (not for biases/norm),
+    u ← η‖w‖/‖u‖·u (1 when a norm is 0; not for biases/norm), v ← momentum·v + lr·u,
+    w ← w − v."""
     params = {k: {n: np.asarray(v, np.float64) for n, v in d.items()} for k, d in params.items()}
     velocity = {k: {n: np.zeros_like(v) for n, v in d.items()} for k, d in params.items()}
     for grads, lr in zip(grads_per_step, lrs):
