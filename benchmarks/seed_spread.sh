@@ -20,7 +20,7 @@
 #   PRESET       fashion_mnist (default) or smoke (a seconds-long check of this script:
 #                every arm on its method's `smoke` preset, the SSLight baseline as the
 #                smoke preset with the baseline's scales and α)
-#   TOTAL_STEPS  0 (default: each preset's own schedule) or a step count for every run
+#   TOTAL_STEPS  a step count for every run (default: unset, each preset's own schedule)
 #   GROUP        the M²T arms' BN group size (16; 4 with PRESET=smoke)
 #   ARMS         a subset of the arms above (default: all; sage needs byol)
 #   OUT          the Markdown table (default ROOT/seed_spread.md)
@@ -33,7 +33,8 @@ root=${1:-runs/seed_spread}
 shift $(( $# >= 1 ? 1 : 0 ))
 seeds=${SEEDS:-0 1 2}
 preset=${PRESET:-fashion_mnist}
-steps=${TOTAL_STEPS:-0}
+steps=${TOTAL_STEPS:-}
+steps_flag=${steps:+--config.total_steps=$steps}
 out=${OUT:-$root/seed_spread.md}
 all_arms="byol detcon_b detcon_b_shared dino_recipe dino_baseline m2t_local_local m2t_local_momentum m2t_sync_sync sage"
 arms=${ARMS:-$all_arms}
@@ -50,7 +51,7 @@ quiet() { grep -Ev "oneDNN|InitializeLog|absl::|^[WI][0-9]{4} " || true; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 python -c "import jax; print('jax', jax.__version__, jax.devices())"
-echo "preset: $preset; seeds: $seeds; total_steps: $steps; arms: $arms; root: $root"
+echo "preset: $preset; seeds: $seeds; total_steps: ${steps:-preset}; arms: $arms; root: $root"
 
 arm_config() {  # $1 = arm -> the config spec
   case $1 in
@@ -90,7 +91,7 @@ for seed in $seeds; do
     start=$(date +%s)
     # shellcheck disable=SC2046
     python main.py --config="$config" --workdir="$workdir" --config.seed="$seed" \
-      --config.total_steps="$steps" $(arm_flags "$arm" "$seed") "$@" 2>&1 \
+      $steps_flag $(arm_flags "$arm" "$seed") "$@" 2>&1 \
       | quiet > "$workdir/seed_spread.train.log"
     echo "$(( $(date +%s) - start ))" > "$workdir/seed_spread.seconds"
     python -m ssljax.eval knn --workdir="$workdir" 2>>"$workdir/seed_spread.eval.log" \

@@ -49,7 +49,14 @@ def apply_crops(
 ) -> tuple[dict[str, jax.Array], Any]:
     """The outputs named `keys` of `module` on crops [N, b, H, W, 3], as [N, b, …] (each
     leaf of a dict output), and the updated running statistics (with per-crop BN: the
-    mean of the N crops' updates)."""
+    mean of the N crops' updates). With N = 0 (no local crops) nothing runs: empty outputs
+    and the statistics as they were."""
+    if crops.shape[0] == 0:
+        one = jax.eval_shape(
+            lambda images: _apply(module, params, batch_stats, images)[0],
+            jax.ShapeDtypeStruct(crops.shape[1:], crops.dtype),
+        )
+        return {k: jnp.zeros((0,) + one[k].shape, one[k].dtype) for k in keys}, batch_stats
     if per_crop_bn:
 
         def one_crop(images):
