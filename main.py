@@ -28,6 +28,26 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _unknown_field_message(argv, error: KeyError) -> str:
+    """'unknown config field X: METHOD does not read it', naming the config's method."""
+    import re
+
+    field = re.sub(r"[^\w.]", "", str(error.args[0] if error.args else error))
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    try:
+        from ssljax import configlib
+
+        method = configlib.load(spec).method if spec else None
+    except Exception:  # the config file itself is broken: say only what is known
+        method = None
+    if not method:
+        return f"unknown config field {field!r} (see the config file for the fields)"
+    return (
+        f"unknown config field {field!r}: the {method} method does not read it "
+        f"({spec.partition(':')[0]} holds every field it reads)"
+    )
+
+
 def parse_flags(argv):
     """absl's parser, but a bad flag, config key or preset is one line, not a traceback."""
     try:
@@ -35,7 +55,7 @@ def parse_flags(argv):
     except Exception as e:  # anything raised while loading and overriding the config
         cause = e.__cause__ or e.__context__ or e
         if isinstance(cause, KeyError):
-            message = f"unknown config field {cause} (see the config file for the fields)"
+            message = _unknown_field_message(argv, cause)
         elif isinstance(e, flags.Error):
             message = str(e)
         else:

@@ -12,6 +12,7 @@ setup(
     "in JAX/Flax on one sharded engine",
     packages=find_packages(include=["ssljax", "ssljax.*"]),
     python_requires=">=3.11",
+    license="Apache-2.0",
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",
@@ -32,6 +33,16 @@ setup(
     extras_require={
         "dev": ["pytest>=9.0.3", "ruff>=0.17.6", "import-linter>=2.16"],
         "tpu": ["jax[tpu]>=0.10.2"],
-        "gpu": ["jax[cuda13]>=0.10.2"],
+        "gpu": ["jax[cuda13]>=0.10.2"],  # NVIDIA driver for CUDA 13
+        "gpu-cuda12": ["jax[cuda12]>=0.10.2"],  # older drivers (CUDA 12)
+        # python -m ssljax.export and its tests; never imported by training. torch 2.13's
+        # CPU wheel has no torchvision that imports beside it (PyPI's torchvision needs
+        # the CUDA build's libraries), so these are the CUDA builds, run on the CPU.
+        "export": [
+            "torch>=2.14.1",
+            "torchvision>=0.29.1",
+            "timm>=1.0.29",
+            "safetensors>=0.8.0",
+        ],
     },
 )

@@ -14,7 +14,7 @@ from ssljax import configlib
 
 
 def imagenet(config):
-    pass  # base_config() holds the paper's values
+    pass  # configlib.byol_fields() holds the paper's values
 
 
 def imagenet_1000(config):
@@ -56,4 +56,6 @@ PRESETS = {
 
 
 def get_config(arg=None):
-    return configlib.apply_preset(configlib.base_config(), arg, PRESETS, default="imagenet")
+    config = configlib.base_config()
+    configlib.byol_fields(config)
+    return configlib.apply_preset(config, arg, PRESETS, default="imagenet")

@@ -19,7 +19,7 @@ Presets:
 
 Fields beyond `configlib.base_config()`:
 - `temperature`: τ of the contrastive detection loss (0.1; latents at norm 1/√τ).
-- `masks.*` (documented in `configlib.base_config`): `kind='fh'`, `fh_scales=(1000,)`,
+- `masks.*` (documented in `configlib.detcon_masks`): `kind='fh'`, `fh_scales=(1000,)`,
   `fh_sigma=0.8`, `fh_min_size=1000`, `grid=7`, `num_samples=16`, `sampling=independent`
   (each view draws its ids among its own segments, as the reference; `shared`: one draw
   among the segments both views show).
@@ -34,9 +34,9 @@ byol = configlib.load_module(Path(__file__).with_name("byol.py"))
 
 
 def detcon_b_defaults(config):
+    configlib.byol_fields(config)
     config.method = "detcon_b"
     config.augment.preset = "byol"
-    config.bn_group = "sync"
     config.batch_size = 4096
     config.epochs = 1000
     config.temperature = 0.1
@@ -50,7 +50,7 @@ def detcon_b_defaults(config):
     config.optimizer.weight_decay = 1.5e-6
     config.optimizer.warmup_epochs = 10.0
     config.optimizer.schedule = "cosine"
-    configlib.fh_masks(config)
+    configlib.detcon_masks(config)
 
 
 def imagenet(config):

@@ -1,9 +1,9 @@
 """Momentum² Teacher (Li, Liu & Sun 2021): BYOL with a Momentum-BN teacher.
 
-Fields beyond BYOL's (`configlib.base_config`):
+Fields beyond BYOL's heads and EMA target (`configlib.byol_heads`, `configlib.ema_target`):
 - `student_bn_group`: which images share the student's BN statistics, 'local' (per device)
   or a group size n as a string ("32"), independent of the device count; the paper's
-  "BN = 32 / 128" (Tables 2, 4). `bn_group` is not read by this method.
+  "BN = 32 / 128" (Tables 2, 4). There is no `bn_group`: an override of it is refused.
 - `teacher_bn`: 'momentum' (M²T) or 'batch' (ordinary BN, the Table 1 baselines).
 - `teacher_bn_group`: which images give the teacher's batch statistics ('local' = the
   per-device batch by default; the presets set the paper's per-GPU count).
@@ -36,6 +36,8 @@ from ssljax import configlib
 
 
 def m2_teacher_fields(config):
+    configlib.byol_heads(config)
+    configlib.ema_target(config)
     config.method = "m2_teacher"
     config.student_bn_group = "32"
     config.teacher_bn = "momentum"

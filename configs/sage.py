@@ -54,6 +54,7 @@ byol = configlib.load_module(Path(__file__).with_name("byol.py"))
 
 
 def sage_defaults(config):
+    configlib.byol_fields(config)
     config.method = "sage"
     config.augment.jitter_style = "torchvision"  # OpenSelfSup's torchvision ColorJitter
     config.model.zero_init_residual = "none"  # OpenSelfSup ResNet: zero_init_residual=False
@@ -83,7 +84,7 @@ def sage_defaults(config):
 
 
 def imagenet(config):
-    pass  # base_config() and sage_defaults() hold the paper's values
+    pass  # configlib.byol_fields() and sage_defaults() hold the paper's values
 
 
 def fashion_mnist(config):

@@ -99,6 +99,7 @@ def view_sampling(config, variant: str, reference_size: int = 224):
 
 def dino_defaults(config):
     multicrop_defaults(config)
+    configlib.bn_group(config)
     config.method = "dino"
     config.tau_base = 0.996
     config.tau_schedule = "cosine"
@@ -162,7 +163,8 @@ def small_cpu(config, variant: str):
     config.optimizer.weight_decay = 1e-5
     config.optimizer.warmup_epochs = 0.1
     config.optimizer.min_lr = 0.0  # as the runs recorded in docs/benchmarks.md
-    config.tau_base = 0.99
+    if "tau_base" in config:  # an EMA target (DINO's teacher, MoCo's key encoder)
+        config.tau_base = 0.99
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500
     view_sampling(config, variant)

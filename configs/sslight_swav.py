@@ -34,6 +34,7 @@ sslight = configlib.load_module(Path(__file__).with_name("sslight_dino.py"))
 
 def swav_defaults(config):
     sslight.multicrop_defaults(config)
+    configlib.bn_group(config)
     config.method = "swav"
     config.augment.preset = "simclr"
     config.multicrop.p_blur = (0.5, 0.5, 0.5)

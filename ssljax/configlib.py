@@ -1,12 +1,17 @@
 """Shared config defaults and preset handling for `configs/*.py`.
 
-A config file defines `get_config(arg=None)`: it starts from `base_config()` (every
-field, with the BYOL/ImageNet value as default), then applies the preset named by
-`arg` (`configs/byol.py:fashion_mnist`). Fields are documented where they are set.
+A config file defines `get_config(arg=None)`: it starts from `base_config()` (the fields
+every method reads: data, backbone, optimiser, loop, evaluation; ImageNet values), adds
+the fields its method reads (the sections below, `bn_group`, `byol_heads`, `ema_target`,
+`detcon_masks`, and its own), then applies the preset named by `arg`
+(`configs/byol.py:fashion_mnist`). A config holds only fields its method reads, so an
+override of any other field is refused (`main.py`). Fields are documented where they
+are set.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import ml_collections
@@ -17,7 +22,7 @@ from ssljax.errors import UserError
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.method = "byol"
+    c.method = ""  # a module of ssljax.methods, set by the config file
     c.preset = ""  # filled in by `apply_preset`, recorded with the run
     c.seed = 0
     c.batch_size = 4096  # global batch B over all devices and hosts
@@ -51,13 +56,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on TPU
     c.model.patch_size = 16  # ViT patch side (e.g. 4 for 32-px images)
     c.model.depth = 0  # ViT blocks; 0: the named model's (12)
-    c.bn_group = "sync"  # 'sync' | 'local' | n: which images share BN statistics
-
-    # BYOL heads: Linear 4096 → BN → ReLU → Linear 256 (no bias on the last layer).
-    c.projector = ml_collections.ConfigDict({"hidden_dims": (4096,), "out_dim": 256})
-    c.predictor = ml_collections.ConfigDict({"hidden_dims": (4096,), "out_dim": 256})
-    c.tau_base = 0.99  # target EMA at step 0 (300 epochs; 0.996 for 1000)
-    c.tau_schedule = "cosine"
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "lars"
@@ -72,23 +70,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay_end = config_dict.placeholder(float)
     c.optimizer.decay_at = ()  # fractions of training, for 'steps'
     c.optimizer.decay_factor = 0.1
-
-    # DetCon segmentation masks (DetCon §3.2, docs/fidelity.md); 'none' for other methods.
-    c.masks = ml_collections.ConfigDict()
-    c.masks.kind = "none"  # 'none' | 'fh' | 'grid' | 'global' | 'ground_truth' (coco_panoptic)
-    # Felzenszwalb–Huttenlocher scale(s) (ImageNet: 1000); with several, each image draws
-    # one per epoch (same for both views).
-    c.masks.fh_scales = (1000,)
-    c.masks.fh_sigma = 0.8  # FH Gaussian pre-smoothing
-    c.masks.fh_min_size = 1000  # FH smallest segment in pixels; 0: = each scale (COCO)
-    c.masks.grid_size = 4  # n of the n×n `grid` masks
-    c.masks.grid = 7  # feature grid g the masks are pooled to (layer4: 7 at 224 px)
-    c.masks.num_samples = 16  # segment ids sampled per image (with replacement)
-    # 'independent' (the reference): each view draws its own ids among the segments it
-    # shows; 'shared': one draw among the segments both views show, used for both.
-    c.masks.sampling = "independent"
-    c.masks.compute_in_pipeline = False  # compute FH in tf.data instead of reading the cache
-    c.masks.cache_dir = config_dict.placeholder(str)  # default: <data_dir>/ssljax_masks
 
     c.online_probe = True  # linear classifier on stop-gradient features, when labelled
     c.log_every_steps = 50
@@ -106,18 +87,80 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def bn_group(config: ml_collections.ConfigDict, value: str = "sync") -> None:
+    """`bn_group`: which images share BN statistics, 'sync' (the global batch), 'local'
+    (each device's) or n (groups of n images, independent of the device count)."""
+    config.bn_group = value
+
+
+def byol_heads(config: ml_collections.ConfigDict) -> None:
+    """BYOL's heads: Linear 4096 → BN → ReLU → Linear 256 (no bias on the last layer)."""
+    config.projector = ml_collections.ConfigDict({"hidden_dims": (4096,), "out_dim": 256})
+    config.predictor = ml_collections.ConfigDict({"hidden_dims": (4096,), "out_dim": 256})
+
+
+def ema_target(config: ml_collections.ConfigDict, tau_base: float = 0.99) -> None:
+    """An EMA target network: τ from `tau_base` at step 0 (BYOL: 0.99 for 300 epochs, 0.996
+    for 1000) to 1 on a cosine (`tau_schedule='cosine'`), or constant ('constant')."""
+    config.tau_base = tau_base
+    config.tau_schedule = "cosine"
+
+
+def byol_fields(config: ml_collections.ConfigDict) -> None:
+    """What BYOL reads beyond `base_config`: sync BN, its heads, its EMA target."""
+    config.method = "byol"
+    bn_group(config)
+    byol_heads(config)
+    ema_target(config)
+
+
+def detcon_masks(config: ml_collections.ConfigDict) -> None:
+    """DetCon's segmentation masks (`ssljax.data.masks`); FH on ImageNet (`fh_masks`)."""
+    c = config
+    c.masks = ml_collections.ConfigDict()
+    c.masks.kind = "none"  # 'none' | 'fh' | 'grid' | 'global' | 'ground_truth' (coco_panoptic)
+    # Felzenszwalb–Huttenlocher scale(s) (ImageNet: 1000); with several, each image draws
+    # one per epoch (same for both views).
+    c.masks.fh_scales = (1000,)
+    c.masks.fh_sigma = 0.8  # FH Gaussian pre-smoothing
+    c.masks.fh_min_size = 1000  # FH smallest segment in pixels; 0: = each scale (COCO)
+    c.masks.grid_size = 4  # n of the n×n `grid` masks
+    c.masks.grid = 7  # feature grid g the masks are pooled to (layer4: 7 at 224 px)
+    c.masks.num_samples = 16  # segment ids sampled per image (with replacement)
+    # 'independent' (the reference): each view draws its own ids among the segments it
+    # shows; 'shared': one draw among the segments both views show, used for both.
+    c.masks.sampling = "independent"
+    c.masks.compute_in_pipeline = False  # compute FH in tf.data instead of reading the cache
+    c.masks.cache_dir = config_dict.placeholder(str)  # default: <data_dir>/ssljax_masks
+    fh_masks(config)
+
+
 def apply_preset(
     config: ml_collections.ConfigDict,
     arg: str | None,
     presets: dict[str, Callable[[ml_collections.ConfigDict], None]],
     default: str,
 ) -> ml_collections.ConfigDict:
-    """Apply the preset named `arg` (or `default`); an unknown name is a UserError."""
-    name = arg or default
-    if name not in presets:
-        raise UserError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
-    presets[name](config)
-    config.preset = name
+    """Apply the preset named by `arg` (or `default`); several names separated by commas
+    (`fashion_mnist,baseline`) apply in order. An unknown name is a UserError, and so is a
+    preset that sets a field the config does not hold (the method does not read it)."""
+    names = (arg or default).split(",")
+    unknown = [name for name in names if name not in presets]
+    if unknown:
+        raise UserError(f"unknown preset {unknown[0]!r}; choose one of {sorted(presets)}")
+    config.lock()
+    try:
+        for name in names:
+            presets[name](config)
+    except AttributeError as e:  # ml_collections: 'Key "x" does not exist and cannot be added'
+        field = re.search(r'Key "([^"]+)"', str(e))
+        field = field.group(1) if field else str(e)[:80]
+        raise UserError(
+            f"preset {name!r} sets {field!r}, which the {config.method} method does not read"
+        ) from None
+    finally:
+        config.unlock()
+    config.preset = ",".join(names)
     return config
 
 
@@ -138,10 +181,10 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     config.batch_size = 32
     config.total_steps = 6
     config.optimizer.warmup_epochs = 0.0
-    config.projector.hidden_dims = (64,)
-    config.projector.out_dim = 32
-    config.predictor.hidden_dims = (64,)
-    config.predictor.out_dim = 32
+    for head in ("projector", "predictor"):
+        if head in config:
+            config[head].hidden_dims = (64,)
+            config[head].out_dim = 32
     config.log_every_steps = 2
     config.checkpoint_every_steps = 3
     config.eval.batch_size = 256

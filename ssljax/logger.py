@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -18,6 +19,10 @@ def _format_seconds(seconds: float) -> str:
 
 class MetricsLogger:
     """Writes metrics from process 0 only; measures img/s between calls.
+
+    Each row also has `images_per_sec_per_device`, `data_wait_fraction` (the share of the
+    interval the loop spent blocked on the input pipeline, timed by `waiting_for_data`)
+    and, once `set_step_flops` has the compiled step's FLOPs, `mfu` (`ssljax.perf`).
 
     On resume, rows logged after the restored checkpoint (by a run that died before its
     next checkpoint) are dropped, so `metrics.jsonl` reads as one uninterrupted run.
@@ -39,6 +44,7 @@ class MetricsLogger:
         self._start_time, self._start_step = self._last_time, start_step
         self._steady_images, self._steady_seconds = 0, 0.0
         self._writer, self._rows = None, []
+        self._data_wait, self._step_flops, self._peak = 0.0, None, None
         if not self.enabled:
             return
         if self.path.exists():
@@ -47,6 +53,22 @@ class MetricsLogger:
         import tensorflow as tf
 
         self._writer = tf.summary.create_file_writer(str(Path(workdir) / "tensorboard"))
+
+    @contextlib.contextmanager
+    def waiting_for_data(self):
+        """Time the block as waiting for input (`data_wait_fraction`)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._data_wait += time.perf_counter() - start
+
+    def set_step_flops(self, flops_per_device: float | None, dtype: str = "float32") -> None:
+        """FLOPs of one step per device (XLA cost analysis of the compiled step), for `mfu`."""
+        from ssljax import perf
+
+        self._step_flops = flops_per_device
+        self._peak = perf.peak_flops(jax.devices()[0], dtype)[0] if flops_per_device else None
 
     def log(self, step: int, metrics: dict) -> dict:
         """Record `metrics` (device scalars) for `step`; returns the row written."""
@@ -62,8 +84,13 @@ class MetricsLogger:
             "epoch": step / max(self.steps_per_epoch, 1),
             **metrics,
             "images_per_sec": images / seconds,
+            "images_per_sec_per_device": images / seconds / jax.device_count(),
+            "data_wait_fraction": min(self._data_wait / seconds, 1.0),
             "elapsed_sec": now - self._start_time,
         }
+        if self._step_flops and self._peak:
+            row["mfu"] = self._step_flops * (step - self._last_step) / seconds / self._peak
+        self._data_wait = 0.0
         self._last_time, self._last_step = now, step
         if self.enabled:
             # Rewritten whole: object stores (gs://) cannot append.
@@ -86,7 +113,8 @@ class MetricsLogger:
         print(
             f"step {row['step']}/{self.total_steps} (epoch {row['epoch']:.2f}) | "
             f"loss {row['loss']:.4f}{extra} | lr {row['lr']:.3g} | "
-            f"{rate:.0f} img/s | ETA {_format_seconds(eta)}",
+            f"{rate:.0f} img/s | data wait {row['data_wait_fraction']:.0%} | "
+            f"ETA {_format_seconds(eta)}",
             flush=True,
         )
 

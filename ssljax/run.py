@@ -29,8 +29,6 @@ from ssljax.methods.base import Method
 from ssljax.sharding import REPLICATED, make_mesh
 from ssljax.train_state import TrainState
 
-NETWORKS = ("online", "target")
-
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config a run was started with (`workdir/config.json`)."""
@@ -65,22 +63,15 @@ class LoadedRun:
     state: TrainState
     step: int
 
-    def encoder_variables(self, network: str = "online") -> dict:
-        """{'params', 'batch_stats'} of the encoder `method.encoder` applies.
+    def encoder_variables(self, network: str | None = None) -> dict:
+        """{'params', 'batch_stats'} of the encoder `method.encoder` applies in inference mode.
 
-        `network='target'` is the EMA / momentum / teacher encoder where the method keeps
-        one (`TrainState.target_params`); a ViT has no batch statistics ({}).
+        `network`: 'online' or 'target' (the EMA / momentum / teacher encoder where the
+        method keeps one); None: the one the method's paper evaluates
+        (`Method.evaluated_network`). Per-method detail, such as Momentum² Teacher's
+        Momentum-BN statistics, is `Method.encoder_variables`; a ViT has no statistics ({}).
         """
-        if network not in NETWORKS:
-            raise UserError(f"unknown network {network!r}; choose one of {list(NETWORKS)}")
-        params, stats = self.state.params, self.state.batch_stats
-        if network == "target":
-            params, stats = self.state.target_params, self.state.target_batch_stats
-            if not params or "encoder" not in params:
-                raise UserError(
-                    f"{self.config.method} keeps no target network; use network='online'"
-                )
-        return {"params": params["encoder"], "batch_stats": (stats or {}).get("encoder", {})}
+        return self.method.encoder_variables(self.state, network)
 
 
 def _random_init(method: Method, config: ml_collections.ConfigDict, mesh: Mesh) -> TrainState:

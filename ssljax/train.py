@@ -16,7 +16,7 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from ssljax import engine, sharding
+from ssljax import engine, perf, provenance, sharding
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
@@ -41,6 +41,7 @@ class Run:
     total_steps: int
     num_classes: int | None
     init: Callable[[jax.Array], TrainState]
+    builder: Any = None  # the dataset's tfds builder, opened once here
 
     @property
     def replicated(self) -> NamedSharding:
@@ -66,13 +67,7 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     mesh = sharding.make_mesh() if mesh is None else mesh
     validate(config, mesh)
     info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
-    num_train = builder.info.splits[config.dataset.train_split or info.train_split].num_examples
-    steps_per_epoch = pipeline.steps_per_epoch(config, num_train)
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"the training split has {num_train} images, fewer than one batch of "
-            f"{config.batch_size}; lower --config.batch_size"
-        )
+    steps_per_epoch = pipeline.train_steps_per_epoch(config, info, builder)
     total_steps = config.total_steps if config.total_steps > 0 else config.epochs * steps_per_epoch
     method = build_method(config, total_steps)
     tx, schedule = build_optimizer(
@@ -82,7 +77,17 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     size = config.dataset.image_size
     init = engine.make_init(method, tx, mesh, (size, size, 3), num_classes)
     return Run(
-        config, mesh, info, method, tx, schedule, steps_per_epoch, total_steps, num_classes, init
+        config,
+        mesh,
+        info,
+        method,
+        tx,
+        schedule,
+        steps_per_epoch,
+        total_steps,
+        num_classes,
+        init,
+        builder,
     )
 
 
@@ -113,7 +118,9 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
 
     `RUN_CONTROL_FIELDS` may change. A field absent from `saved` was added to ssljax after
     the run started; its default keeps the old behaviour (a rule for new fields), so it
-    does not count.
+    does not count. A field absent from `current` is one the method does not read (a
+    config holds only its method's fields; older ssljax wrote every field for every
+    method), so it does not count either.
     """
     control = RUN_CONTROL_FIELDS if not prefix else ()
     differences = []
@@ -125,9 +132,6 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
             differences += config_differences(saved[name], value, field + ".")
         elif saved[name] != value:
             differences.append(f"{field}: {saved[name]!r} → {value!r}")
-    differences += [
-        f"{prefix}{name}: removed" for name in saved if name not in current and name not in control
-    ]
     return differences
 
 
@@ -197,17 +201,23 @@ def train(
     if frozen is not None:
         state = state.replace(frozen=jax.device_put(frozen, run.replicated))
     start = int(jax.device_get(state.step))
+    provenance.record_start(workdir, start, list(run.mesh.devices.flat))
     if start:
         print(f"resuming from step {start} in {workdir}", flush=True)
     end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     _, step_rng = run.rngs()
     train_step = engine.make_train_step(run.method, run.tx, run.schedule, run.mesh, run.num_classes)
-    batches = pipeline.train_batches(config, start_step=start)
+    batches = pipeline.train_batches(config, start_step=start, dataset=(run.dataset, run.builder))
     logger = MetricsLogger(
         workdir, run.total_steps, run.steps_per_epoch, config.batch_size, start_step=start
     )
     for step in range(start + 1, end + 1):
-        state, metrics = train_step(state, sharding.global_batch(next(batches), run.mesh), step_rng)
+        with logger.waiting_for_data():
+            batch = sharding.global_batch(next(batches), run.mesh)
+        if step == start + 1:  # compile once, explicitly, to read the step's FLOPs
+            train_step = train_step.lower(state, batch, step_rng).compile()
+            logger.set_step_flops(perf.step_flops(train_step), config.model.dtype)
+        state, metrics = train_step(state, batch, step_rng)
         out_of_time = _out_of_time(deadline, step, config.log_every_steps)
         if out_of_time:
             metrics = dict(metrics, stopped_by_time_limit=1.0)

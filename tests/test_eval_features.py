@@ -6,14 +6,18 @@ import ml_collections
 import numpy as np
 
 from ssljax import configlib, train
+from ssljax.eval import bank, results
 from ssljax.eval import features as feats
-from ssljax.eval import results
 
 
 def _fake_run():
     config = configlib.base_config()
     config.dataset.name = "fashion_mnist"
-    return types.SimpleNamespace(config=config, dataset=types.SimpleNamespace(eval_resize=1.0))
+    return types.SimpleNamespace(
+        config=config,
+        dataset=types.SimpleNamespace(eval_resize=1.0),
+        mesh=bank.from_numpy(np.zeros((1, 1)), np.zeros(1)).mesh,
+    )
 
 
 def test_features_are_cached_per_tag_and_recomputed_when_the_weights_change(tmp_path, monkeypatch):
@@ -21,24 +25,26 @@ def test_features_are_cached_per_tag_and_recomputed_when_the_weights_change(tmp_
 
     def extract(run, variables, split, raw_pixels=False):
         calls.append((split, raw_pixels))
-        return np.full((3, 2), variables["params"]["w"].sum(), np.float32), np.arange(3)
+        value = variables["params"]["w"].sum()
+        return bank.from_numpy(np.full((3, 2), value, np.float32), np.arange(3))
 
-    monkeypatch.setattr(feats, "extract_features", extract)
+    monkeypatch.setattr(bank, "extract", extract)
     run = _fake_run()
     variables = {"params": {"w": np.ones(4, np.float32)}, "batch_stats": {}}
 
-    x, y = feats.cached_features(run, variables, "train[:10%]", tmp_path, "step_5")
+    x = bank.cached(run, variables, "train[:10%]", tmp_path, "step_5")
     assert (tmp_path / "eval/features/step_5_fashion_mnist_train-10.npz").exists()
-    again, _ = feats.cached_features(run, variables, "train[:10%]", tmp_path, "step_5")
-    assert len(calls) == 1 and np.array_equal(x, again) and y.tolist() == [0, 1, 2]
+    again = bank.cached(run, variables, "train[:10%]", tmp_path, "step_5")
+    assert len(calls) == 1 and np.array_equal(x.to_numpy(), again.to_numpy())
+    assert again.ordered_labels().tolist() == [0, 1, 2]
 
     changed = {"params": {"w": 2 * np.ones(4, np.float32)}, "batch_stats": {}}
-    fresh, _ = feats.cached_features(run, changed, "train[:10%]", tmp_path, "step_5")
-    assert len(calls) == 2 and fresh[0, 0] == 8.0  # same step, new weights: re-extracted
+    fresh = bank.cached(run, changed, "train[:10%]", tmp_path, "step_5")
+    assert len(calls) == 2 and fresh.to_numpy()[0, 0] == 8.0  # same step, new weights
 
-    feats.cached_features(run, variables, "test", tmp_path, "random_init")
-    feats.cached_features(run, variables, "test", tmp_path, None, raw_pixels=True)
-    feats.cached_features(run, variables, "test", tmp_path, None, raw_pixels=True)
+    bank.cached(run, variables, "test", tmp_path, "random_init")
+    bank.cached(run, variables, "test", tmp_path, None, raw_pixels=True)
+    bank.cached(run, variables, "test", tmp_path, None, raw_pixels=True)
     assert calls[2:] == [("test", False), ("test", True), ("test", True)]  # pixels: no cache
 
 

@@ -74,3 +74,12 @@ def test_knn_prints_one_json_line_with_both_ks_and_caches_the_features(
         "random_init_fashion_mnist_test-256.npz",
         "random_init_fashion_mnist_train-512.npz",
     ]
+
+
+@pytest.mark.parametrize("command", ["knn", "linear", "semi"])
+def test_network_defaults_to_the_methods_choice_and_takes_online_or_target(command, capsys):
+    assert parse_args([command, "--workdir=w"]).network is None
+    assert parse_args([command, "--workdir=w", "--network=target"]).network == "target"
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([command, "--workdir=w", "--network=teacher"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err

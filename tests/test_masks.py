@@ -25,12 +25,24 @@ SMALL_FH = fh.FHParams.make((100,), 0.8, 20)  # ~8 segments on a 28-px Fashion-M
 CROP_AND_FLIP_ONLY = augment.crop_and_flip(0.3)
 
 
+def grid_mask(height: int, width: int, n: int) -> np.ndarray:
+    """n×n blocks of (nearly) equal size, ids row-major 0..n²−1 (§3.2 spatial heuristic)."""
+    rows = np.arange(height) * n // height
+    cols = np.arange(width) * n // width
+    return (rows[:, None] * n + cols[None, :]).astype(np.int32)
+
+
+def global_mask(height: int, width: int) -> np.ndarray:
+    """One segment over the whole image: DetCon with it is SimCLR / BYOL (§3.1)."""
+    return np.zeros((height, width), np.int32)
+
+
 # ---- Masks through the views -------------------------------------------------------
 
 
 def _painted(size=48, n=4):
     """An image whose n×n grid segments are painted in far-apart colours, and its mask."""
-    mask = masks.grid_mask(size, size, n)
+    mask = grid_mask(size, size, n)
     palette = np.random.default_rng(0).permutation(256)[: n * n]
     colours = np.stack([palette, 255 - palette, (palette * 7) % 256], axis=-1)
     return colours[mask].astype(np.uint8), mask, colours
@@ -220,10 +232,10 @@ def test_fh_params_key_names_every_parameter_and_min_size_zero_means_the_scale()
 
 def test_grid_and_global_masks():
     np.testing.assert_array_equal(
-        masks.grid_mask(3, 5, 2), [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1], [2, 2, 2, 3, 3]]
+        grid_mask(3, 5, 2), [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1], [2, 2, 2, 3, 3]]
     )
-    assert masks.grid_mask(9, 9, 3).max() == 8 and masks.grid_mask(9, 9, 3).dtype == np.int32
-    assert masks.global_mask(4, 6).shape == (4, 6) and not masks.global_mask(4, 6).any()
+    assert grid_mask(9, 9, 3).max() == 8 and grid_mask(9, 9, 3).dtype == np.int32
+    assert global_mask(4, 6).shape == (4, 6) and not global_mask(4, 6).any()
 
 
 # ---- Cache ---------------------------------------------------------------------------
@@ -237,7 +249,7 @@ class _Split:
 def test_fh_cache_round_trips_int32_masks_and_keys_on_its_parameters(tmp_path):
     rng = np.random.default_rng(0)
     maps = [rng.integers(0, 2**31 - 1, (h, w, 2), dtype=np.int32) for h, w in [(3, 5), (7, 2)]]
-    maps += [masks.grid_mask(40, 30, 20)[..., None] + 100_000]
+    maps += [grid_mask(40, 30, 20)[..., None] + 100_000]
     for m in maps:
         decoded = mask_cache.decode_mask(mask_cache.encode_mask(m))
         assert decoded.dtype == np.int32

@@ -16,7 +16,6 @@ from ssljax.methods.moco import (
     MoCo,
     enqueue,
     init_queue,
-    queue_in_order,
     shuffle_permutation,
 )
 from ssljax.optim import build_optimizer
@@ -24,6 +23,11 @@ from ssljax.sharding import DATA_AXIS
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 SIZE = 16
+
+
+def queue_in_order(queue: dict[str, jax.Array]) -> jax.Array:
+    """The queue's keys oldest first (the row at `ptr` is the next to be replaced)."""
+    return jnp.roll(queue["keys"], -queue["ptr"], axis=0)
 
 
 def _config(version=2, preset="smoke", **overrides):

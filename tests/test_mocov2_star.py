@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ssljax import configlib, engine, losses, sharding
-from ssljax.methods import get_method, multicrop
+from ssljax.methods import crop_forward, get_method
 from ssljax.methods.mocov2_star import MoCoV2Star
 from ssljax.optim import build_optimizer
 
@@ -48,8 +48,8 @@ def test_key_is_global_crop_zero_and_queries_are_the_other_crops_rebalanced():
     step = engine.make_train_step(method, tx, schedule, mesh, 10)
     after, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
 
-    crops = multicrop.crops_first(jnp.asarray(batch["global"]))
-    out, _ = multicrop.apply_crops(
+    crops = crop_forward.crops_first(jnp.asarray(batch["global"]))
+    out, _ = crop_forward.apply_crops(
         method.target,
         before.target_params,
         before.target_batch_stats,
@@ -60,10 +60,10 @@ def test_key_is_global_crop_zero_and_queries_are_the_other_crops_rebalanced():
     keys = losses.l2_normalize(out["projection"][0])
     np.testing.assert_allclose(jax.device_get(after.queue["keys"])[:32], keys, atol=1e-5)
     queries = [
-        multicrop.apply_crops(
+        crop_forward.apply_crops(
             method.online, before.params, before.batch_stats, c, True, ("projection",)
         )[0]["projection"]
-        for c in (crops[1:], multicrop.crops_first(jnp.asarray(batch["local"])))
+        for c in (crops[1:], crop_forward.crops_first(jnp.asarray(batch["local"])))
     ]
     per_crop = [
         float(losses.moco_infonce(q, keys, before.queue["keys"], 0.2))

@@ -24,8 +24,6 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ssljax.data.fh import FHParams, fh_masks
 from ssljax.errors import UserError
 
@@ -39,21 +37,6 @@ if TYPE_CHECKING:
 KINDS = ("none", "fh", "grid", "global", "ground_truth")  # ground_truth: COCO panoptic
 # Seed folds of one example; the views use 0 and 1 (`augment.two_views`).
 _SAMPLE_IDS, _PICK_SCALE = 2, 3
-
-
-# ---- Masks of one image ------------------------------------------------------------
-
-
-def grid_mask(height: int, width: int, n: int) -> np.ndarray:
-    """n×n blocks of (nearly) equal size, ids row-major 0..n²−1 (§3.2 spatial heuristic)."""
-    rows = np.arange(height) * n // height
-    cols = np.arange(width) * n // width
-    return (rows[:, None] * n + cols[None, :]).astype(np.int32)
-
-
-def global_mask(height: int, width: int) -> np.ndarray:
-    """One segment over the whole image: DetCon with it is SimCLR / BYOL (§3.1)."""
-    return np.zeros((height, width), np.int32)
 
 
 # ---- Views and the batch contract (tf.data) --------------------------------------

@@ -35,6 +35,20 @@ def train_split(config: ml_collections.ConfigDict, info: registry.DatasetInfo) -
     return config.dataset.get("train_split") or info.train_split
 
 
+def train_steps_per_epoch(
+    config: ml_collections.ConfigDict, info: registry.DatasetInfo, builder
+) -> int:
+    """`steps_per_epoch` of the training split; a split smaller than a batch is a UserError."""
+    split = train_split(config, info)
+    steps = steps_per_epoch(config, registry.split_num_examples(builder, split))
+    if steps == 0:
+        raise UserError(
+            f"{info.name} split {split!r} has fewer images than one batch of "
+            f"{config.batch_size}; lower --config.batch_size or use a larger split"
+        )
+    return steps
+
+
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
@@ -160,10 +174,12 @@ def train_batches(
     config: ml_collections.ConfigDict,
     *,
     start_step: int = 0,
+    dataset: tuple[registry.DatasetInfo, Any] | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """This process's training batches from global step `start_step` on, forever.
+    """This process's training batches from global step `start_step` on, forever; from
+    `dataset` = `registry.get_dataset(...)` when the caller has opened it already.
 
     Yields {'view1', 'view2': float32 [b, S, S, 3] in [0, 1], 'label': int32 [b]} with
     b = batch_size / process_count; 'label' only for labelled datasets (-1 marks the
@@ -176,18 +192,15 @@ def train_batches(
     process_index, process_count = _process(process_index, process_count)
     local_batch = _local_batch(config.batch_size, process_count)
     augment.preset_from_config(config.augment)  # fail early on a bad preset or field
-    info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
+    if dataset is None:
+        dataset = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
+    info, builder = dataset
     if "multicrop" in config and process_index == 0:
         height, width = builder.info.features[info.image_key].shape[:2]
         shape = (height, width) if height else None  # None: images of varying size
         print(multicrop.describe(multicrop.from_config(config), shape), flush=True)
     split = train_split(config, info)
-    steps = steps_per_epoch(config, registry.split_num_examples(builder, split))
-    if steps == 0:
-        raise UserError(
-            f"{info.name} split {split!r} has fewer images than one batch of "
-            f"{config.batch_size}; lower --config.batch_size or use a larger split"
-        )
+    steps = train_steps_per_epoch(config, info, builder)
     mask_source = masks.mask_source(config, builder, split)
     shard = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count
@@ -281,3 +294,78 @@ def eval_batches(
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
     ds = ds.take(num_batches * batch_size).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     yield from ds.with_options(_options(config)).as_numpy_iterator()
+
+
+def labelled_batches(
+    config: ml_collections.ConfigDict,
+    split: str,
+    batch_size: int,
+    *,
+    seed: int,
+    view: augment.AugmentPreset | None = None,
+    subset: np.ndarray | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless shuffled batches of labelled images for supervised training, this process's
+    share: {'image': float32 [b, S, S, 3] in [0, 1], 'label': int32 [b]}, b = batch_size /
+    process_count.
+
+    The images are this process's shard of `split` (files and a buffer of
+    `config.dataset.shuffle_buffer` shuffled), or with `subset` (indices into `split`) every
+    process_count-th of those images, their encoded bytes cached in memory and reshuffled
+    every pass. `view`: a random augmentation (`augment.augment_view`),
+    seeded from the running position so that the stream is the same on every run; None:
+    the evaluation view with a random horizontal flip (seeded alike).
+    """
+    process_index, process_count = _process(process_index, process_count)
+    local_batch = _local_batch(batch_size, process_count)
+    info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
+    decoders = {info.image_key: tfds.decode.SkipDecoding()}
+    if subset is None:
+        shard = tfds.split_for_jax_process(
+            split, process_index=process_index, process_count=process_count
+        )
+        read = tfds.ReadConfig(shuffle_seed=seed + process_index)
+        ds = builder.as_dataset(
+            split=shard, shuffle_files=True, read_config=read, decoders=decoders
+        )
+        buffer = min(config.dataset.shuffle_buffer, registry.split_num_examples(builder, shard))
+    else:
+        local = np.asarray(subset)[process_index::process_count]
+        selected = np.zeros(registry.split_num_examples(builder, split), bool)
+        selected[local] = True
+        selected, buffer = tf.constant(selected), len(local)
+        ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+        ds = ds.enumerate().filter(lambda i, ex: tf.gather(selected, i)).map(lambda i, ex: ex)
+    ds = ds.map(lambda ex: (ex[info.image_key], tf.cast(ex[info.label_key], tf.int32)))
+    if subset is not None:
+        ds = ds.cache()  # a small subset: read once
+    ds = ds.shuffle(buffer, seed=seed + process_index, reshuffle_each_iteration=True)
+    size = config.dataset.image_size
+    key = tf.constant([seed, process_index], tf.int64)
+
+    def make_example(position, example):
+        encoded, label = example
+        image = _decode(encoded, builder, info.image_key)
+        example_seed = augment.fold_seed(key, position)
+        if view is not None:
+            image = augment.augment_view(image, example_seed, view, 0, size)
+        else:
+            image = eval_image(image, size, info.eval_resize)
+            image = tf.image.stateless_random_flip_left_right(image, example_seed)
+        return {"image": image, "label": label}
+
+    ds = ds.repeat().enumerate().map(make_example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    yield from ds.with_options(_options(config)).as_numpy_iterator()
+
+
+def split_labels(config, split: str) -> np.ndarray:
+    """The labels of `split` in tfds's unshuffled order, images not decoded."""
+    info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
+    ds = builder.as_dataset(
+        split=split, shuffle_files=False, decoders={info.image_key: tfds.decode.SkipDecoding()}
+    )
+    ds = ds.map(lambda ex: ex[info.label_key], num_parallel_calls=tf.data.AUTOTUNE).batch(8192)
+    return np.concatenate([np.asarray(b, np.int64) for b in ds.as_numpy_iterator()])

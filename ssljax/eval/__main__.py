@@ -7,7 +7,9 @@
 
 Every subcommand also takes --checkpoint=STEP (default: the newest), --dataset=NAME
 (evaluate on another registered dataset), --random-init (the untrained network of the
-same config: the baseline) and --distributed (multi-host pods).
+same config: the baseline) and --distributed (multi-host pods); knn, linear and semi take
+--network=online|target (default: the network the method's paper evaluates: the teacher
+for DINO and Momentum² Teacher, the online/query encoder otherwise).
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _network_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--network",
+        choices=("online", "target"),
+        default=None,
+        help="which encoder: online (student, MoCo's query) or target (EMA/teacher/key); "
+        "default: the one the method's paper evaluates",
+    )
+
+
 def _perceptual_module(parser: argparse.ArgumentParser):
     """`ssljax.eval.perceptual`, imported only when its subcommand is asked for."""
     import importlib
@@ -70,6 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     commands = {name: sub.add_parser(name, help=text) for name, text in SUBCOMMANDS.items()}
     for command in commands.values():
         _common_arguments(command)
+
+    for name in ("knn", "linear", "semi"):
+        _network_argument(commands[name])
 
     knn = commands["knn"]
     knn.add_argument(
@@ -125,7 +140,12 @@ def run(args: argparse.Namespace) -> dict:
         from ssljax.eval import knn
 
         return knn.evaluate(
-            args.workdir, args.checkpoint, args.random_init, args.raw_pixels, args.dataset
+            args.workdir,
+            args.checkpoint,
+            args.random_init,
+            args.raw_pixels,
+            args.dataset,
+            network=args.network,
         )
     if args.protocol == "linear":
         from ssljax.eval import linear
@@ -138,6 +158,7 @@ def run(args: argparse.Namespace) -> dict:
             args.dataset,
             args.epochs,
             args.raw_pixels,
+            args.network,
         )
     if args.protocol == "semi":
         from ssljax.eval import semi
@@ -151,6 +172,7 @@ def run(args: argparse.Namespace) -> dict:
             args.epochs,
             args.batch_size,
             args.seed,
+            args.network,
         )
     from ssljax.eval import perceptual
 

@@ -1,10 +1,10 @@
-"""Frozen-encoder features of a dataset split: extracted sharded over every device, cached.
+"""Frozen-encoder features of a dataset split, extracted sharded over every device.
 
 Each process feeds its shard of the split; the jitted encoder runs on the global batch
-split along the mesh's `data` axis; the outputs are gathered to every process
-(`process_allgather`, multi-host safe). Features of a trained checkpoint or of the
-random-init network are cached in `DIR/eval/features/` per (step, dataset, split) and
-reused while the encoder's weights and the evaluation view stay the same.
+split along the mesh's `data` axis. `extract_features` gathers the outputs to every
+process (`process_allgather`, multi-host safe: for small splits); k-NN and linear
+evaluation keep them sharded instead (`ssljax.eval.bank`, which also caches them in
+`DIR/eval/features/` under `cache_path`, keyed by `_fingerprint`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import re
@@ -63,11 +62,17 @@ def load_encoder(
     checkpoint: int | None = None,
     random_init: bool = False,
     dataset: str | None = None,
+    network: str | None = None,
 ):
     """(run, encoder variables) of a training run: its newest (or `checkpoint`) state, or
-    with `random_init` the untrained network the run started from (same config and seed)."""
+    with `random_init` the untrained network the run started from (same config and seed).
+
+    `network`: 'online' or 'target'; None: the network the method's paper evaluates
+    (`Method.evaluated_network`). The variables are in the layout of `run.method.encoder`
+    in inference mode (`Method.encoder_variables`).
+    """
     loaded = load_run(workdir, checkpoint, random_init=random_init)
-    return evaluation_run(loaded, dataset), loaded.encoder_variables()
+    return evaluation_run(loaded, dataset), loaded.encoder_variables(network)
 
 
 def checkpoint_step(workdir: str | Path, checkpoint: int | None = None) -> int | None:
@@ -146,50 +151,3 @@ def cache_path(workdir: str | Path, tag: str, dataset: str, split: str) -> Path:
     """`DIR/eval/features/<tag>_<dataset>_<split>.npz`; tag is `step_N` or `random_init`."""
     safe_split = re.sub(r"[^A-Za-z0-9_.-]+", "-", split).strip("-")
     return Path(workdir) / "eval" / "features" / f"{tag}_{dataset}_{safe_split}.npz"
-
-
-def _read_cache(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        with np.load(io.BytesIO(path.read_bytes())) as data:
-            if str(data["fingerprint"]) != fingerprint:
-                return None
-            return data["features"], data["labels"]
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def _write_cache(path: Path, fingerprint: str, features: np.ndarray, labels: np.ndarray):
-    buffer = io.BytesIO()
-    np.savez(buffer, features=features, labels=labels, fingerprint=np.array(fingerprint))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
-
-
-def cached_features(
-    run: EvalRun,
-    variables: Any,
-    split: str,
-    workdir: str | Path,
-    tag: str | None,
-    raw_pixels: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """`extract_features`, read from / written to the cache file of `tag` (None: no cache;
-    raw pixels are never cached: they are cheap to read and large to store).
-
-    A cached file is used only if its fingerprint (weights + evaluation view) matches, so
-    a checkpoint replaced at the same step is re-extracted. All processes must agree that
-    the cache is usable, otherwise they all extract (the extraction is collective).
-    """
-    if tag is None or raw_pixels:
-        return extract_features(run, variables, split, raw_pixels)
-    path = cache_path(workdir, tag, run.config.dataset.name, split)
-    fingerprint = _fingerprint(run, variables, split)
-    cached = _read_cache(path, fingerprint) if path.exists() else None
-    if bool(np.all(multihost_utils.process_allgather(np.array(cached is not None)))):
-        return cached
-    features, labels = extract_features(run, variables, split)
-    if jax.process_index() == 0:
-        _write_cache(path, fingerprint, features, labels)
-    return features, labels

@@ -2,7 +2,7 @@
 
 Cosine similarity between L2-normalised features; each of the k nearest memory images
 votes for its label with weight exp(s / T). Memory = the labelled train split, queries =
-the test split.
+the test split. The memory bank stays sharded over every device (`ssljax.eval.bank`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from etils.epath import Path
 
+from ssljax.eval import bank, results
 from ssljax.eval import features as feats
-from ssljax.eval import results
+from ssljax.sharding import DATA_AXIS, REPLICATED, SPLIT
 
 
 def knn_predict(
@@ -27,26 +28,76 @@ def knn_predict(
     num_classes: int,
     chunk: int = 1024,
 ) -> np.ndarray:
-    """The class each query receives from its k nearest memory images."""
-    memory = jnp.asarray(memory, jnp.float32)
-    memory = memory / jnp.maximum(jnp.linalg.norm(memory, axis=1, keepdims=True), 1e-12)
-    memory_labels = jnp.asarray(memory_labels)
-    k = min(k, memory.shape[0])
+    """The class each query receives from its k nearest memory images (host arrays, one
+    device: the reference the sharded computation must equal)."""
+    return predict(
+        bank.from_numpy(memory, memory_labels),
+        bank.from_numpy(queries, np.zeros(len(queries), np.int32)),
+        k,
+        temperature,
+        num_classes,
+        chunk,
+    )
 
-    @jax.jit
-    def predict(q):
-        q = q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        sims, idx = jax.lax.top_k(q @ memory.T, k)
-        votes = (
-            jax.nn.one_hot(memory_labels[idx], num_classes) * jnp.exp(sims / temperature)[..., None]
-        )
+
+def predict(
+    memory: bank.ShardedFeatures,
+    queries: bank.ShardedFeatures,
+    k: int,
+    temperature: float,
+    num_classes: int,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """The class of each query (split order) from its k nearest memory images.
+
+    The memory bank stays sharded: each device scores a chunk of queries against its own
+    rows and keeps its k best; the devices' candidates are gathered (k x devices per
+    query) and the best k of those vote. Equal to the top-k over the whole bank.
+    """
+    mesh = memory.mesh
+    k = min(k, len(memory))
+    local_k = min(k, memory.rows_per_device)
+    chunk = max(min(chunk, len(queries)), 1)
+
+    def normalise(x):
+        return x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def local(memory_rows, memory_labels, memory_valid, query_rows, layout_rows):
+        q = normalise(bank.gather_rows(query_rows, layout_rows))
+        sims = jnp.where(memory_valid[None], q @ normalise(memory_rows).T, -jnp.inf)
+        sims, idx = jax.lax.top_k(sims, local_k)
+        labels = memory_labels[idx]
+        sims = jax.lax.all_gather(sims, DATA_AXIS, axis=1, tiled=True)
+        labels = jax.lax.all_gather(labels, DATA_AXIS, axis=1, tiled=True)
+        sims, best = jax.lax.top_k(sims, k)
+        labels = jnp.take_along_axis(labels, best, axis=1)
+        votes = jax.nn.one_hot(labels, num_classes) * jnp.exp(sims / temperature)[..., None]
         return jnp.argmax(votes.sum(axis=1), axis=-1)
 
+    step = jax.jit(
+        jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(SPLIT,) * 4 + (REPLICATED,),
+            out_specs=REPLICATED,
+            check_vma=False,
+        )
+    )
+    memory_labels = memory.device_array(memory.labels)
+    memory_valid = memory.device_array(memory.valid)
     out = []
     for start in range(0, len(queries), chunk):
-        q = jnp.asarray(queries[start : start + chunk], jnp.float32)
-        out.append(np.asarray(predict(q)))
-    return np.concatenate(out)
+        rows = queries.order[start : start + chunk]
+        padded = np.pad(rows, (0, chunk - len(rows)))
+        pred = step(
+            memory.features,
+            memory_labels,
+            memory_valid,
+            queries.features,
+            bank.replicate(mesh, padded.astype(np.int32)),
+        )
+        out.append(bank.local_value(pred)[: len(rows)])
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def evaluate(
@@ -56,39 +107,45 @@ def evaluate(
     raw_pixels: bool = False,
     dataset: str | None = None,
     ks: tuple[int, ...] | None = None,
+    network: str | None = None,
 ) -> dict:
     """k-NN top-1 of a run's encoder (`random_init`: of its untrained network; `raw_pixels`:
-    of the flattened evaluation images). Writes `DIR/eval/knn*.json` (see `results`)."""
-    run, variables = feats.load_encoder(workdir, checkpoint, random_init or raw_pixels, dataset)
+    of the flattened evaluation images; `network`: 'online' or 'target', default the one
+    the method's paper evaluates). Writes `DIR/eval/knn*.json` (see `results`)."""
+    run, variables = feats.load_encoder(
+        workdir, checkpoint, random_init or raw_pixels, dataset, network
+    )
     config = run.config
+    network = run.method.network(network)
     kind = results.features_kind(random_init, raw_pixels)
-    tag = None if raw_pixels else results.cache_tag(workdir, checkpoint, random_init)
+    tag = None if raw_pixels else results.cache_tag(workdir, checkpoint, random_init, network)
 
     def extract(split):
-        return feats.cached_features(run, variables, split, workdir, tag, raw_pixels)
+        return bank.cached(run, variables, split, workdir, tag, raw_pixels)
 
-    memory, memory_labels = extract(run.dataset.memory_split)
-    queries, labels = extract(run.dataset.test_split)
+    memory = extract(run.dataset.memory_split)
+    queries = extract(run.dataset.test_split)
+    labels = queries.ordered_labels()
     ks = ks or (config.eval.knn_k, 200)
     result = {
         "metric": "knn",
         "workdir": str(workdir),
         "dataset": config.dataset.name,
         "features": kind,
+        "network": network,
         "k": config.eval.knn_k,
         "temperature": config.eval.knn_temperature,
         "num_memory": int(len(memory)),
         "num_queries": int(len(queries)),
     }
     for k in ks:
-        pred = knn_predict(
-            memory, memory_labels, queries, k, config.eval.knn_temperature, run.dataset.num_classes
-        )
+        pred = predict(memory, queries, k, config.eval.knn_temperature, run.dataset.num_classes)
         result[f"top1_k{k}"] = float(np.mean(pred == labels))
     result["top1"] = result[f"top1_k{config.eval.knn_k}"]
     if kind == "trained":
         result["checkpoint"] = feats.checkpoint_step(workdir, checkpoint)
-    name = results.result_name(workdir, "knn", dataset, kind, checkpoint)
+    suffix = "" if raw_pixels else results.network_suffix(run.method, network)
+    name = results.result_name(workdir, "knn", dataset, kind, checkpoint, suffix)
     results.write_result(workdir, name, result)
     return result
 

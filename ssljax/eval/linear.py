@@ -13,7 +13,8 @@ features feed one Dense layer trained with softmax cross-entropy. Two settings:
 Simplification, for speed: the features are extracted once, from the evaluation view
 (centre crop, no augmentation), and the classifier trains on those fixed vectors; the
 papers draw a random crop and flip of every image every epoch. Each epoch visits the
-training images in a new random order and drops the last partial batch.
+training images in a new random order and drops the last partial batch. The features
+stay sharded over every device (`ssljax.eval.bank`); the classifier is replicated.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import optax
 from etils.epath import Path
 
 from ssljax.errors import UserError
+from ssljax.eval import bank, results
 from ssljax.eval import features as feats
-from ssljax.eval import results
 from ssljax.models.heads import LinearClassifier
+from ssljax.sharding import REPLICATED, SPLIT
 
 BYOL_HOLDOUT = 10_009  # BYOL's local validation set: 10009 images of ImageNet's train split
 
@@ -74,27 +76,40 @@ def _learning_rate(protocol: Protocol, lr: float, total_steps: int) -> optax.Sch
     return optax.piecewise_constant_schedule(lr, boundaries)
 
 
+Features = bank.ShardedFeatures | np.ndarray
+
+
+def _as_bank(features: Features, labels: np.ndarray | None) -> bank.ShardedFeatures:
+    """Sharded features as they are; host features (with their labels) on one device."""
+    if isinstance(features, bank.ShardedFeatures):
+        return features
+    return bank.from_numpy(features, labels)
+
+
 def train_linear(
-    features: np.ndarray,
-    labels: np.ndarray,
+    features: Features,
+    labels: np.ndarray | None,
     num_classes: int,
     protocol: Protocol,
     lr: float,
     seed: int = 0,
     chunk_steps: int = 100,
 ):
-    """The classifier's parameters after `protocol.epochs` epochs over (features, labels).
+    """The classifier's parameters after `protocol.epochs` epochs over (features, labels)
+    (`labels` None when `features` is a sharded bank, which holds its own).
 
-    Batches are gathered on the host, `chunk_steps` at a time, and run as one `lax.scan`,
-    so the features never need to fit on the device at once.
+    The features stay sharded: each step's batch is assembled on every device from the
+    devices that hold its rows (`bank.gather_rows`); the classifier is replicated.
+    `chunk_steps` steps run as one `lax.scan`.
     """
-    features = np.asarray(features, np.float32)
-    labels = np.asarray(labels, np.int32)
-    batch_size = min(protocol.batch_size, len(features))
-    steps_per_epoch = len(features) // batch_size
+    data = _as_bank(features, labels)
+    mesh = data.mesh
+    targets = data.ordered_labels()
+    batch_size = min(protocol.batch_size, len(data))
+    steps_per_epoch = len(data) // batch_size
     total_steps = steps_per_epoch * protocol.epochs
     classifier = LinearClassifier(num_classes=num_classes)
-    params = classifier.init(jax.random.PRNGKey(seed), jnp.zeros((1, features.shape[1])))
+    params = classifier.init(jax.random.PRNGKey(seed), jnp.zeros((1, data.dim)))
     tx = optax.chain(
         optax.add_decayed_weights(protocol.weight_decay),
         optax.sgd(
@@ -103,60 +118,96 @@ def train_linear(
             nesterov=protocol.nesterov,
         ),
     )
-    opt_state = tx.init(params)
+    params, opt_state = bank.replicate(mesh, (params, tx.init(params)))
 
-    @jax.jit
-    def run(params, opt_state, x, y):
+    def chunk(params, opt_state, rows, layout_rows, y):
         def step(carry, batch):
             params, opt_state = carry
+            x = bank.gather_rows(rows, batch[0])
 
             def loss_fn(p):
-                logits = classifier.apply(p, batch[0])
+                logits = classifier.apply(p, x)
                 return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
-        (params, opt_state), loss = jax.lax.scan(step, (params, opt_state), (x, y))
+        (params, opt_state), loss = jax.lax.scan(step, (params, opt_state), (layout_rows, y))
         return params, opt_state, loss
 
+    replicated, split = REPLICATED, SPLIT
+    run = jax.jit(
+        jax.shard_map(
+            chunk,
+            mesh=mesh,
+            in_specs=(replicated, replicated, split, replicated, replicated),
+            out_specs=replicated,
+            check_vma=False,
+        )
+    )
     rng = np.random.default_rng(seed)
     for _ in range(protocol.epochs):
-        order = rng.permutation(len(features))[: steps_per_epoch * batch_size]
+        order = rng.permutation(len(data))[: steps_per_epoch * batch_size]
         order = order.reshape(steps_per_epoch, batch_size)
         for start in range(0, steps_per_epoch, chunk_steps):
             idx = order[start : start + chunk_steps]
-            params, opt_state, _ = run(params, opt_state, features[idx], labels[idx])
+            layout_rows, y = bank.replicate(mesh, (data.order[idx], targets[idx]))
+            params, opt_state, _ = run(params, opt_state, data.features, layout_rows, y)
     return params
 
 
 def accuracy(
-    params, features: np.ndarray, labels: np.ndarray, num_classes: int, chunk: int = 4096
+    params,
+    features: Features,
+    labels: np.ndarray | None,
+    num_classes: int,
+    chunk: int = 4096,
 ) -> dict[str, float]:
-    """Top-1 and top-5 (top-k with k = min(5, classes)) of the classifier on (features, labels)."""
+    """Top-1 and top-5 (top-k with k = min(5, classes)) of the classifier on (features,
+    labels) (`labels` None for a sharded bank)."""
+    data = _as_bank(features, labels)
+    mesh = data.mesh
     classifier = LinearClassifier(num_classes=num_classes)
     k = min(5, num_classes)
+    chunk = max(min(chunk, len(data)), 1)
 
-    @jax.jit
-    def hits(x, y):
-        logits = classifier.apply(params, x)
+    def hits(params, rows, layout_rows, y, real):
+        logits = classifier.apply(params, bank.gather_rows(rows, layout_rows))
         top = jax.lax.top_k(logits, k)[1]
-        return jnp.sum(top[:, 0] == y), jnp.sum(jnp.any(top == y[:, None], axis=1))
+        top1 = (top[:, 0] == y) & real
+        top5 = jnp.any(top == y[:, None], axis=1) & real
+        return jnp.sum(top1), jnp.sum(top5)
 
-    top1 = top5 = 0
-    for start in range(0, len(features), chunk):
-        h1, h5 = hits(
-            jnp.asarray(features[start : start + chunk], jnp.float32),
-            jnp.asarray(labels[start : start + chunk]),
+    replicated = REPLICATED
+    count = jax.jit(
+        jax.shard_map(
+            hits,
+            mesh=mesh,
+            in_specs=(replicated, SPLIT, replicated, replicated, replicated),
+            out_specs=replicated,
+            check_vma=False,
         )
+    )
+    params = bank.replicate(mesh, params)
+    targets = data.ordered_labels()
+    top1 = top5 = 0
+    for start in range(0, len(data), chunk):
+        end = min(start + chunk, len(data))
+        pad = (0, chunk - (end - start))
+        inputs = (
+            np.pad(data.order[start:end], pad).astype(np.int32),
+            np.pad(targets[start:end], pad).astype(np.int32),
+            np.pad(np.ones(end - start, bool), pad),
+        )
+        h1, h5 = bank.local_value(count(params, data.features, *bank.replicate(mesh, inputs)))
         top1, top5 = top1 + int(h1), top5 + int(h5)
-    return {"top1": top1 / len(features), "top5": top5 / len(features)}
+    return {"top1": top1 / len(data), "top5": top5 / len(data)}
 
 
 def select_and_train(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
+    train_x: Features,
+    train_y: np.ndarray | None,
     num_classes: int,
     protocol: Protocol,
     seed: int = 0,
@@ -164,20 +215,21 @@ def select_and_train(
     """(classifier params, its LR, {LR: held-out top-1}). With several LRs, each is first
     trained on the split minus a held-out part and scored on it; the best is retrained on
     the whole split."""
+    data = _as_bank(train_x, train_y)
     if len(protocol.learning_rates) == 1:
         lr = protocol.learning_rates[0]
-        return train_linear(train_x, train_y, num_classes, protocol, lr, seed), lr, {}
-    holdout = min(BYOL_HOLDOUT, len(train_x) // 10)
+        return train_linear(data, None, num_classes, protocol, lr, seed), lr, {}
+    holdout = min(BYOL_HOLDOUT, len(data) // 10)
     if holdout == 0:
-        raise UserError(f"{len(train_x)} training images are too few to hold some out")
-    order = np.random.default_rng(seed).permutation(len(train_x))
-    held, kept = order[:holdout], order[holdout:]
+        raise UserError(f"{len(data)} training images are too few to hold some out")
+    order = np.random.default_rng(seed).permutation(len(data))
+    held, kept = data.subset(order[:holdout]), data.subset(order[holdout:])
     scores = {}
     for lr in protocol.learning_rates:
-        params = train_linear(train_x[kept], train_y[kept], num_classes, protocol, lr, seed)
-        scores[str(lr)] = accuracy(params, train_x[held], train_y[held], num_classes)["top1"]
+        params = train_linear(kept, None, num_classes, protocol, lr, seed)
+        scores[str(lr)] = accuracy(params, held, None, num_classes)["top1"]
     lr = max(protocol.learning_rates, key=lambda c: scores[str(c)])
-    return train_linear(train_x, train_y, num_classes, protocol, lr, seed), lr, scores
+    return train_linear(data, None, num_classes, protocol, lr, seed), lr, scores
 
 
 def evaluate(
@@ -188,46 +240,49 @@ def evaluate(
     dataset: str | None = None,
     epochs: int | None = None,
     raw_pixels: bool = False,
+    network: str | None = None,
 ) -> dict:
     """Linear top-1/top-5 of a run's encoder (`random_init`: of its untrained network;
-    `raw_pixels`: of the flattened evaluation images).
+    `raw_pixels`: of the flattened evaluation images; `network`: 'online' or 'target',
+    default the one the method's paper evaluates).
 
     Writes `DIR/eval/linear.json` (`linear_byol.json` for the byol protocol; suffixes as
     `ssljax.eval.results` says).
     """
     recipe = get_protocol(protocol, epochs)
-    run, variables = feats.load_encoder(workdir, checkpoint, random_init or raw_pixels, dataset)
+    run, variables = feats.load_encoder(
+        workdir, checkpoint, random_init or raw_pixels, dataset, network
+    )
+    network = run.method.network(network)
     num_classes = run.dataset.num_classes
     if not num_classes:
         raise UserError(f"{run.dataset.name} has no labels: no linear evaluation")
     kind = results.features_kind(random_init, raw_pixels)
-    tag = None if raw_pixels else results.cache_tag(workdir, checkpoint, random_init)
-    train_x, train_y = feats.cached_features(
-        run, variables, run.dataset.memory_split, workdir, tag, raw_pixels
-    )
-    test_x, test_y = feats.cached_features(
-        run, variables, run.dataset.test_split, workdir, tag, raw_pixels
-    )
-    params, lr, scores = select_and_train(train_x, train_y, num_classes, recipe, run.config.seed)
+    tag = None if raw_pixels else results.cache_tag(workdir, checkpoint, random_init, network)
+    train = bank.cached(run, variables, run.dataset.memory_split, workdir, tag, raw_pixels)
+    test = bank.cached(run, variables, run.dataset.test_split, workdir, tag, raw_pixels)
+    params, lr, scores = select_and_train(train, None, num_classes, recipe, run.config.seed)
     result = {
         "metric": "linear",
         "protocol": protocol,
         "workdir": str(workdir),
         "dataset": run.config.dataset.name,
         "features": kind,
-        **accuracy(params, test_x, test_y, num_classes),
+        "network": network,
+        **accuracy(params, test, None, num_classes),
         "lr": lr,
         "epochs": recipe.epochs,
-        "batch_size": min(recipe.batch_size, len(train_x)),
-        "num_train": int(len(train_x)),
-        "num_test": int(len(test_x)),
+        "batch_size": min(recipe.batch_size, len(train)),
+        "num_train": len(train),
+        "num_test": len(test),
     }
     if scores:
         result["holdout_top1_by_lr"] = scores
     if kind == "trained":
         result["checkpoint"] = feats.checkpoint_step(workdir, checkpoint)
     base = "linear" if protocol == "moco" else f"linear_{protocol}"
+    suffix = "" if raw_pixels else results.network_suffix(run.method, network)
     results.write_result(
-        workdir, results.result_name(workdir, base, dataset, kind, checkpoint), result
+        workdir, results.result_name(workdir, base, dataset, kind, checkpoint, suffix), result
     )
     return result

@@ -13,8 +13,10 @@ and `perceptual_grid.npz` (the same images, for figures that compare runs).
 The classifier is the run's backbone (`config.model`) with a linear head, trained with
 labels by this command: SGD (Nesterov momentum 0.9, LR 0.1 × B/256 on a cosine, weight
 decay 5e-4 on kernels), random horizontal flips, on the evaluation view of the training
-split. It is cached in --classifier-dir (default `DIR/eval/perceptual_classifier`) with a
-JSON of what it was trained on, and loaded from there next time; share one directory
+split, on the engine's sharded step with BN statistics over the global batch (`sync`;
+`ssljax.eval.supervised`). It is cached in --classifier-dir (default
+`DIR/eval/perceptual_classifier`) with a JSON of what it was trained on, and loaded from
+there next time; share one directory
 between runs to compare them with the same classifier. The paper uses a supervised
 ResNet-50 on ImageNet; training one here takes what a supervised ImageNet run takes.
 """
@@ -32,13 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
+from ssljax.eval import supervised
 from ssljax.eval.features import EvalRun, evaluation_run
 from ssljax.methods import base
 from ssljax.optim import adaptation_mask
@@ -104,26 +106,6 @@ def load_sage(workdir, checkpoint=None, random_init=False, dataset=None):
     return evaluation_run(loaded, dataset), variables, loaded.step
 
 
-def _training_batches(config, split, local_batch, epoch, seed):
-    """One shuffled epoch of (images in [0, 1], labels), evaluation view + random flips."""
-    info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
-    shard = tfds.split_for_jax_process(split)
-    read = tfds.ReadConfig(shuffle_seed=seed + epoch)
-    ds = builder.as_dataset(split=shard, shuffle_files=True, read_config=read)
-    size = config.dataset.image_size
-
-    def prepare(example):
-        image = pipeline.eval_image(example[info.image_key], size, info.eval_resize)
-        return image, tf.cast(example[info.label_key], tf.int32)
-
-    ds = ds.shuffle(10_000, seed=seed + epoch).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    flips = np.random.default_rng([seed, epoch, jax.process_index()])
-    for images, labels in ds.as_numpy_iterator():
-        flip = flips.random(len(images)) < 0.5
-        yield np.where(flip[:, None, None, None], images[:, :, ::-1], images), labels
-
-
 def train_classifier(run: EvalRun, split: str, epochs: int, batch_size: int, seed: int = 0):
     """The classifier's variables after `epochs` supervised epochs on `split`."""
     config, mesh = run.config, run.mesh
@@ -138,7 +120,7 @@ def train_classifier(run: EvalRun, split: str, epochs: int, batch_size: int, see
     model = classifier_model(run)
     size = config.dataset.image_size
     dummy = jnp.zeros((1, size, size, 3), jnp.float32)
-    variables = jax.jit(model.init, static_argnames="train", out_shardings=run.replicated)(
+    variables = jax.jit(model.init, static_argnames="train")(
         jax.random.PRNGKey(seed), dummy, train=False
     )
     schedule = optax.cosine_decay_schedule(0.1 * batch_size / 256, steps_per_epoch * epochs)
@@ -146,33 +128,17 @@ def train_classifier(run: EvalRun, split: str, epochs: int, batch_size: int, see
         optax.add_decayed_weights(5e-4, mask=adaptation_mask),
         optax.sgd(schedule, momentum=0.9, nesterov=True),
     )
-    opt_state = jax.jit(tx.init, out_shardings=run.replicated)(variables["params"])
-
-    @jax.jit
-    def step(variables, opt_state, images, labels):
-        def loss_fn(params):
-            logits, mutated = model.apply(
-                {**variables, "params": params}, images, train=True, mutable=["batch_stats"]
-            )
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-            return ce.mean(), mutated["batch_stats"]
-
-        grads, stats = jax.grad(loss_fn, has_aux=True)(variables["params"])
-        updates, opt_state = tx.update(grads, opt_state, variables["params"])
-        params = optax.apply_updates(variables["params"], updates)
-        return {"params": params, "batch_stats": stats}, opt_state
-
-    sharding = NamedSharding(mesh, SPLIT)
-    local_batch = batch_size // jax.process_count()
-    for epoch in range(epochs):
-        for images, labels in _training_batches(config, split, local_batch, epoch, seed):
-            batch = [jax.make_array_from_process_local_data(sharding, x) for x in (images, labels)]
-            variables, opt_state = step(variables, opt_state, *batch)
+    batches = pipeline.labelled_batches(config, split, batch_size, seed=seed)
+    variables, _ = supervised.train(
+        model, variables, tx, schedule, mesh, batches, steps_per_epoch * epochs
+    )
     return variables
 
 
 def classifier_model(run: EvalRun) -> Classifier:
-    backbone = base.build_encoder(run.config, bn_group="local", axis_name=None)
+    """The classifier; trained on the engine's sharded step with BN statistics over the
+    whole global batch (`sync`)."""
+    backbone = base.build_encoder(run.config, bn_group="sync")
     return Classifier(backbone, run.dataset.num_classes)
 
 

@@ -2,8 +2,10 @@
 
 NAME = the protocol (`knn`, `linear`, `linear_byol`, `semi_1pct`, ...), then `_<dataset>`
 when evaluating on another dataset than the run's, `_random_init` or `_raw_pixels` for the
-baselines, and `_step_N` when `--checkpoint=N` is not the newest checkpoint. So
-`knn.json` always describes the newest checkpoint and `knn_step_*.json` older ones.
+baselines, `_online` or `_target` when `--network` is not the one the method's paper
+evaluates (`Method.evaluated_network`), and `_step_N` when `--checkpoint=N` is not the
+newest checkpoint. So `knn.json` always describes the newest checkpoint of the paper's
+network and `knn_step_*.json` older ones.
 """
 
 from __future__ import annotations
@@ -21,17 +23,33 @@ def features_kind(random_init: bool, raw_pixels: bool = False) -> str:
     return "raw_pixels" if raw_pixels else ("random_init" if random_init else "trained")
 
 
-def cache_tag(workdir: str | Path, checkpoint: int | None, random_init: bool) -> str:
-    """The feature-cache tag of an encoder: `random_init` or `step_N`."""
-    return "random_init" if random_init else f"step_{feats.checkpoint_step(workdir, checkpoint)}"
+def cache_tag(
+    workdir: str | Path, checkpoint: int | None, random_init: bool, network: str = "online"
+) -> str:
+    """The feature-cache tag of an encoder: `random_init` or `step_N`, then `_target` for
+    the target network."""
+    tag = "random_init" if random_init else f"step_{feats.checkpoint_step(workdir, checkpoint)}"
+    return tag if network == "online" else f"{tag}_{network}"
+
+
+def network_suffix(method, network: str) -> str:
+    """'' for the network the method's paper evaluates, else the network's name."""
+    return "" if network == method.evaluated_network else network
 
 
 def result_name(
-    workdir: str | Path, protocol: str, dataset: str | None, kind: str, checkpoint: int | None
+    workdir: str | Path,
+    protocol: str,
+    dataset: str | None,
+    kind: str,
+    checkpoint: int | None,
+    network_suffix: str = "",
 ) -> str:
     name = protocol
     if dataset and dataset != load_config(workdir).dataset.name:
         name += f"_{dataset}"
+    if network_suffix:
+        name += f"_{network_suffix}"
     if kind != "trained":
         name += f"_{kind}"
     elif checkpoint is not None and checkpoint != feats.checkpoint_step(workdir):

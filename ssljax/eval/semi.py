@@ -19,21 +19,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.struct
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from etils.epath import Path
 
-from ssljax.data import augment, pipeline, registry
+from ssljax.data import augment, pipeline
 from ssljax.errors import UserError
 from ssljax.eval import features as feats
-from ssljax.eval import linear, results
+from ssljax.eval import linear, results, supervised
 from ssljax.models.heads import LinearClassifier
-from ssljax.sharding import DATA_AXIS, REPLICATED, SPLIT, check_batch_size, global_batch
+from ssljax.sharding import check_batch_size
 
 FINETUNE_VIEW = augment.crop_and_flip(0.08)
 
@@ -83,91 +81,14 @@ def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return np.sort(np.concatenate(chosen))
 
 
-def split_labels(config, split: str) -> np.ndarray:
-    """The labels of `split` in tfds's unshuffled order, images not decoded."""
-    info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
-    ds = builder.as_dataset(
-        split=split, shuffle_files=False, decoders={info.image_key: tfds.decode.SkipDecoding()}
-    )
-    ds = ds.map(lambda ex: ex[info.label_key], num_parallel_calls=tf.data.AUTOTUNE).batch(8192)
-    return np.concatenate([np.asarray(b, np.int64) for b in ds.as_numpy_iterator()])
+class FinetuneNetwork(nn.Module):
+    """The pre-trained encoder and a linear head: logits of the fine-tuned classifier."""
 
+    encoder: nn.Module
+    head: nn.Module
 
-def subset_batches(config, split: str, subset: np.ndarray, recipe: Recipe, seed: int):
-    """Endless augmented batches of this process's share of `subset` (indices into `split`).
-
-    Each process keeps every process_count-th subset image, caches their encoded bytes
-    in memory, reshuffles each epoch, and seeds every view from its running position,
-    so the stream is the same on every run.
-    """
-    info, builder = registry.get_dataset(config.dataset.name, config.dataset.data_dir)
-    count, index = jax.process_count(), jax.process_index()
-    local = subset[index::count]
-    selected = np.zeros(registry.split_num_examples(builder, split), bool)
-    selected[local] = True
-    selected = tf.constant(selected)
-    ds = builder.as_dataset(
-        split=split, shuffle_files=False, decoders={info.image_key: tfds.decode.SkipDecoding()}
-    )
-    ds = ds.enumerate().filter(lambda i, ex: tf.gather(selected, i))
-    ds = ds.map(lambda i, ex: (ex[info.image_key], tf.cast(ex[info.label_key], tf.int32)))
-    ds = ds.cache().shuffle(len(local), seed=seed + index, reshuffle_each_iteration=True)
-    size = config.dataset.image_size
-    key = tf.constant([seed, index], tf.int64)
-
-    def make_example(position, example):
-        encoded, label = example
-        image = pipeline._decode(encoded, builder, info.image_key)
-        view = augment.augment_view(image, augment.fold_seed(key, position), FINETUNE_VIEW, 0, size)
-        return {"image": view, "label": label}
-
-    ds = ds.repeat().enumerate().map(make_example, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(recipe.batch_size // count, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    yield from ds.with_options(pipeline._options(config)).as_numpy_iterator()
-
-
-@flax.struct.dataclass
-class FinetuneState:
-    params: Any  # {'encoder', 'head'}
-    batch_stats: Any  # the encoder's running BN statistics
-    opt_state: Any
-
-
-def make_finetune_step(run: feats.EvalRun, tx: optax.GradientTransformation, num_classes: int):
-    """The jitted, sharded `step(state, batch) -> (state, loss)` over `run.mesh`."""
-    head = LinearClassifier(num_classes=num_classes)
-
-    def step(state: FinetuneState, batch):
-        def loss_fn(params):
-            outputs, mutated = run.method.encoder.apply(
-                {"params": params["encoder"], "batch_stats": state.batch_stats},
-                batch["image"],
-                train=True,
-                mutable=["batch_stats"],
-            )
-            stats = mutated.get("batch_stats", {})  # a ViT has none
-            logits = head.apply({"params": params["head"]}, outputs["pooled"]).astype(jnp.float32)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-            return ce.mean(), stats
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grads = jax.lax.pmean(grads, DATA_AXIS)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = FinetuneState(
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=jax.lax.pmean(stats, DATA_AXIS),
-            opt_state=opt_state,
-        )
-        return new_state, jax.lax.pmean(loss, DATA_AXIS)
-
-    sharded = jax.shard_map(
-        step,
-        mesh=run.mesh,
-        in_specs=(REPLICATED, SPLIT),
-        out_specs=(REPLICATED, REPLICATED),
-        check_vma=False,
-    )
-    return jax.jit(sharded, donate_argnums=(0,))
+    def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+        return self.head(self.encoder(images, train=train)["pooled"])
 
 
 def finetune(run: feats.EvalRun, variables: Any, subset: np.ndarray, recipe: Recipe, seed: int):
@@ -188,30 +109,42 @@ def finetune(run: feats.EvalRun, variables: Any, subset: np.ndarray, recipe: Rec
     pooled = jax.eval_shape(
         lambda v: run.method.encoder.apply(v, images, train=False)["pooled"], variables
     )
-    head_params = LinearClassifier(num_classes=num_classes).init(
-        jax.random.PRNGKey(seed), jnp.zeros(pooled.shape, jnp.float32)
-    )["params"]
-    params = {"encoder": variables["params"], "head": head_params}
-    state = jax.device_put(
-        FinetuneState(params, variables["batch_stats"], tx.init(params)), run.replicated
+    head = LinearClassifier(num_classes=num_classes)
+    head_params = head.init(jax.random.PRNGKey(seed), jnp.zeros(pooled.shape, jnp.float32))
+    network = FinetuneNetwork(run.method.encoder, head)
+    stats = variables["batch_stats"]
+    start = {
+        "params": {"encoder": variables["params"], "head": head_params["params"]},
+        "batch_stats": {"encoder": stats} if stats else {},  # a ViT has none
+    }
+    batches = pipeline.labelled_batches(
+        run.config,
+        run.dataset.memory_split,
+        recipe.batch_size,
+        seed=seed,
+        view=FINETUNE_VIEW,
+        subset=subset,
     )
-    step = make_finetune_step(run, tx, num_classes)
-    batches = subset_batches(run.config, run.dataset.memory_split, subset, recipe, seed)
     from tqdm import tqdm
 
-    losses = []
-    for _ in tqdm(
-        range(total_steps),
-        desc="fine-tuning",
-        unit="step",
-        mininterval=5.0,
-        disable=jax.process_index() != 0,
-    ):
-        state, loss = step(state, global_batch(next(batches), run.mesh))
-        losses.append(loss)
+    def progress(steps):
+        return tqdm(
+            steps,
+            desc="fine-tuning",
+            unit="step",
+            mininterval=5.0,
+            disable=jax.process_index() != 0,
+        )
+
+    trained, losses = supervised.train(
+        network, start, tx, schedule, run.mesh, batches, total_steps, progress
+    )
     last_epoch = float(np.mean(jax.device_get(losses[-steps_per_epoch:])))
-    encoder = {"params": state.params["encoder"], "batch_stats": state.batch_stats}
-    return encoder, {"params": state.params["head"]}, last_epoch, total_steps
+    encoder = {
+        "params": trained["params"]["encoder"],
+        "batch_stats": trained["batch_stats"].get("encoder", {}),
+    }
+    return encoder, {"params": trained["params"]["head"]}, last_epoch, total_steps
 
 
 def evaluate(
@@ -223,15 +156,18 @@ def evaluate(
     epochs: int | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    network: str | None = None,
 ) -> dict:
-    """Fine-tune a run's encoder (`random_init`: its untrained network) on a `fraction`
-    subset and score it; writes `DIR/eval/semi_<pct>pct*.json`."""
-    run, variables = feats.load_encoder(workdir, checkpoint, random_init, dataset)
+    """Fine-tune a run's encoder (`random_init`: its untrained network; `network`: 'online'
+    or 'target', default the one the method's paper evaluates) on a `fraction` subset and
+    score it; writes `DIR/eval/semi_<pct>pct*.json`."""
+    run, variables = feats.load_encoder(workdir, checkpoint, random_init, dataset, network)
+    network = run.method.network(network)
     num_classes = run.dataset.num_classes
     if not num_classes:
         raise UserError(f"{run.dataset.name} has no labels: no semi-supervised evaluation")
     recipe = get_recipe(fraction, run.config.dataset.name, epochs, batch_size)
-    labels = split_labels(run.config, run.dataset.memory_split)
+    labels = pipeline.split_labels(run.config, run.dataset.memory_split)
     subset = balanced_subset(labels, fraction, seed)
     encoder, head, loss, steps = finetune(run, variables, subset, recipe, seed)
     test_x, test_y = feats.extract_features(run, encoder, run.dataset.test_split)
@@ -241,6 +177,7 @@ def evaluate(
         "workdir": str(workdir),
         "dataset": run.config.dataset.name,
         "features": kind,
+        "network": network,
         "fraction": fraction,
         **linear.accuracy(head, test_x, test_y, num_classes),
         "num_train": int(len(subset)),
@@ -256,7 +193,8 @@ def evaluate(
     if kind == "trained":
         result["checkpoint"] = feats.checkpoint_step(workdir, checkpoint)
     base = f"semi_{fraction * 100:g}pct".replace(".", "p")
+    suffix = results.network_suffix(run.method, network)
     results.write_result(
-        workdir, results.result_name(workdir, base, dataset, kind, checkpoint), result
+        workdir, results.result_name(workdir, base, dataset, kind, checkpoint, suffix), result
     )
     return result

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssljax.errors import UserError
 from ssljax.models.backbones import build_backbone
 from ssljax.models.heads import MLP
 from ssljax.optim import cosine_increase
@@ -23,17 +24,28 @@ from ssljax.train_state import TrainState
 
 
 class SiameseNetwork(nn.Module):
-    """encoder → projector (→ predictor). Online and target share the first two names."""
+    """encoder → projector (→ predictor). Online and target share the first two names.
+
+    The projector's output is `outputs[head_output]`: 'projection' for an embedding
+    (BYOL, SimCLR, MoCo), a name for what else a head computes (DINO's 'logits'); with
+    `head_output=None` the head returns a dict of named outputs (SwAV's 'embedding' and
+    'scores'), merged into the outputs.
+    """
 
     encoder: nn.Module
     projector: nn.Module
     predictor: nn.Module | None = None
+    head_output: str | None = "projection"
 
     def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
         outputs = dict(self.encoder(images, train=train))
-        outputs["projection"] = self.projector(outputs["pooled"], train=train)
+        head = self.projector(outputs["pooled"], train=train)
+        if self.head_output is None:
+            outputs.update(head)
+        else:
+            outputs[self.head_output] = head
         if self.predictor is not None:
-            outputs["prediction"] = self.predictor(outputs["projection"], train=train)
+            outputs["prediction"] = self.predictor(outputs[self.head_output], train=train)
         return outputs
 
 
@@ -89,6 +101,11 @@ class Method:
     - `after_update(state)` moves what the optimiser does not (EMA target, queue pointer).
     """
 
+    # The encoders a run holds (`encoder_variables`), and the one its paper evaluates and
+    # transfers: the default of `python -m ssljax.eval --network` and `ssljax.export`.
+    networks: tuple[str, ...] = ("online",)
+    evaluated_network: str = "online"
+
     def __init__(self, config: ml_collections.ConfigDict, total_steps: int):
         self.config = config
         self.total_steps = total_steps
@@ -98,6 +115,30 @@ class Method:
     def encoder(self) -> nn.Module:
         """The backbone whose pooled features are evaluated (params under 'encoder')."""
         return self.online.encoder
+
+    def encoder_variables(self, state: TrainState, network: str | None = None) -> dict[str, Any]:
+        """{'params', 'batch_stats'} of `network`'s encoder (default: `evaluated_network`),
+        in the layout of `self.encoder` run with ``train=False`` (a ViT: no statistics)."""
+        if self.network(network) == "online":
+            params, stats = state.params, state.batch_stats
+        else:
+            params, stats = state.target_params, self.target_statistics(state)
+        return {"params": params["encoder"], "batch_stats": (stats or {}).get("encoder", {})}
+
+    def network(self, network: str | None = None) -> str:
+        """`network` checked against `networks` (None: `evaluated_network`)."""
+        network = network or self.evaluated_network
+        if network not in self.networks:
+            method = self.config.get("method", type(self).__name__)
+            raise UserError(
+                f"--network={network}: {method} has no {network} network; "
+                f"choose {' or '.join(self.networks)}"
+            )
+        return network
+
+    def target_statistics(self, state: TrainState) -> Any:
+        """The target's running BN statistics, as ordinary `BatchNorm` reads them."""
+        return state.target_batch_stats
 
     def init(self, rng: jax.Array, images: jax.Array) -> dict[str, Any]:
         variables = self.online.init(rng, images, train=False)
@@ -141,6 +182,7 @@ class EmaTargetMethod(Method):
     """
 
     target_keys: tuple[str, ...] = ("encoder", "projector")
+    networks = ("online", "target")
 
     def init(self, rng, images):
         fields = super().init(rng, images)

@@ -4,6 +4,9 @@ Online: encoder → projector (4096 → BN → ReLU → 256) → predictor (same
 Target: an EMA of encoder and projector, τ from `tau_base` to 1 on a cosine, with its
 own BN statistics. Each view passes through the networks on its own, so each is
 normalised with its own batch statistics. Loss: `ssljax.losses.byol_loss`.
+
+Evaluated network: the online encoder (BYOL keeps only f_θ at the end of training);
+`--network=target` gives the EMA encoder with its own running statistics.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ log-partition over negatives (tests/test_detcon.py shows both). The online probe
 the globally pooled online features of view 1.
 
 This module holds what both share; the objectives are `detcon_s` and `detcon_b`.
+
+Evaluated network: the online encoder; DetCon "retain[s] only the feature extractor f_θ and
+discard[s] ... any exponential moving averages" for downstream tasks. DetCon_B's EMA
+encoder is `--network=target`; DetCon_S has no other network.
 """
 
 from __future__ import annotations

@@ -17,6 +17,15 @@ Per step k of K, with α_k = α_base·(cos(πk/K) + 1)/2 (1 → 0):
 `config.teacher_bn = 'batch'` swaps the teacher's Momentum BN for ordinary BN over
 `teacher_bn_group` (the paper's Table 1 rows without Momentum BN); the teacher then keeps
 its own `target_batch_stats` as in BYOL.
+
+Evaluated network: the teacher (`--network=target`, the default of `python -m ssljax.eval`
+and `python -m ssljax.export`). The paper "dump[s] the model from teacher" at the end of
+training (§4.1) and evaluates that. Its BN statistics are the Momentum-BN running ones
+(`momentum_stats`): α has decayed to 0 by the last step, so the teacher was normalising
+with them alone, which is what its inference mode (`train=False`) does; they are exported
+as the BN running mean/var, with `momentum_bn_epsilon` folded into the variance when it is
+not PyTorch's 1e-5. `--network=online` gives the student, with its small-batch BN's own
+running statistics.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from ssljax.methods.base import (
 from ssljax.models.momentum_norm import (
     MOMENTUM_STATS,
     apply_recording,
+    as_batch_norm_statistics,
     lazy_update,
     momentum_batch_norm,
 )
@@ -75,6 +85,8 @@ def scale_for_batch(
 
 
 class MomentumSquaredTeacher(EmaTargetMethod):
+    evaluated_network = "target"
+
     def __init__(self, config, total_steps):
         super().__init__(config, total_steps)
         if config.teacher_bn not in TEACHER_BN:
@@ -101,6 +113,13 @@ class MomentumSquaredTeacher(EmaTargetMethod):
             alpha, self.config.teacher_bn_group, DATA_AXIS, self.config.momentum_bn_epsilon
         )
         return SiameseNetwork(self.online.encoder.clone(bn=bn), self.online.projector.clone(bn=bn))
+
+    def target_statistics(self, state):
+        """The teacher's Momentum-BN running statistics (or, with `teacher_bn='batch'`, its
+        ordinary BN's) as a plain `BatchNorm` with ε = 1e-5 reads them."""
+        if not self.momentum_teacher:
+            return state.target_batch_stats
+        return as_batch_norm_statistics(state.momentum_stats, self.config.momentum_bn_epsilon)
 
     def alpha(self, step: jax.Array) -> jax.Array:
         """Momentum BN's weight on the batch statistics: α_base → 0 on a cosine, or

@@ -26,6 +26,10 @@ Momentum² Teacher Table 3): α·batch + (1 − α)·running statistics, the run
 `momentum_stats`, updated after the keys (`ssljax.models.momentum_norm`). Like the
 reference, the shuffle all_gathers the key images (B images on every device), then the
 B keys.
+
+Evaluated network: the query encoder f_q (`online`), as the reference's linear
+classification loads it; `--network=target` gives the key encoder (with
+`key_bn='momentum'` its Momentum-BN running statistics, the α = 0 map).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ssljax.methods.base import (
 from ssljax.models.momentum_norm import (
     MOMENTUM_STATS,
     apply_recording,
+    as_batch_norm_statistics,
     lazy_update,
     momentum_batch_norm,
 )
@@ -52,6 +57,7 @@ from ssljax.models.norm import parse_bn_group
 from ssljax.sharding import DATA_AXIS
 
 KEY_BN = ("shuffle", "local", "sync", "momentum")
+MOMENTUM_BN_EPSILON = 1e-5  # `momentum_batch_norm`'s default, which the key encoder uses
 KEY_BN_ALPHA = 0.064  # Momentum² Teacher, Table 3: MoCo v2 with a Momentum-BN key encoder
 
 
@@ -69,11 +75,6 @@ def enqueue(queue: dict[str, jax.Array], keys: jax.Array) -> dict[str, jax.Array
         queue["keys"], keys.astype(queue["keys"].dtype), ptr, axis=0
     )
     return {"keys": new_keys, "ptr": ((ptr + batch) % size).astype(jnp.int32)}
-
-
-def queue_in_order(queue: dict[str, jax.Array]) -> jax.Array:
-    """The queue's keys oldest first (the row at `ptr` is the next to be replaced)."""
-    return jnp.roll(queue["keys"], -queue["ptr"], axis=0)
 
 
 def check_shuffle_groups(batch_size: int, group_size: int) -> int:
@@ -155,6 +156,11 @@ class MoCo(EmaTargetMethod):
             self.target = SiameseNetwork(
                 self.target.encoder.clone(bn=bn), self.target.projector.clone(bn=bn)
             )
+
+    def target_statistics(self, state):
+        if self.config.key_bn == "momentum":
+            return as_batch_norm_statistics(state.momentum_stats, MOMENTUM_BN_EPSILON)
+        return state.target_batch_stats
 
     def _network(self, bn_group) -> SiameseNetwork:
         head = self.config.projector

@@ -31,6 +31,11 @@ initialisation, with every BN scale 1 as PyTorch initialises it (ours start the 
 of each residual block at 0, which would make a random ResNet little more than its
 shortcuts). With every evaluator level weighted 0 (the pixel-MSE-only ablation) no
 evaluator is built and none is needed.
+
+Evaluated network: the online encoder, the f(·; θ_E) that both losses train and that the
+paper transfers (§3: "f(·) is preserved and transferred"; the paper calls it the "target
+network" in the sense of the network being trained, not BYOL's EMA). The EMA encoder is
+`--network=target`.
 """
 
 from __future__ import annotations

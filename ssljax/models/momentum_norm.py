@@ -156,3 +156,21 @@ def lazy_update(running: Any, views: Sequence[Any], alpha: Any) -> Any:
         return jax.lax.stop_gradient(alpha * (sum(new) / len(new)) + (1.0 - alpha) * old)
 
     return jax.tree_util.tree_map(update, running, *views)
+
+
+def as_batch_norm_statistics(momentum_stats: Any, epsilon: float, bn_epsilon: float = 1e-5) -> Any:
+    """Running statistics of Momentum BN (ε = `epsilon`) as an ordinary BN with ε =
+    `bn_epsilon` reads them in inference mode: the same map, the ε difference moved into
+    the variance (rsqrt(var + ε) = rsqrt((var + ε − ε_bn) + ε_bn)). For evaluating and
+    exporting a Momentum-BN network as a plain one (its α = 0 map, train=False)."""
+    shift = epsilon - bn_epsilon
+
+    def convert(layer):
+        return {"mean": layer["mean"], "var": layer["var"] + shift}
+
+    def walk(tree):
+        if isinstance(tree, dict) and set(tree) == {"mean", "var"}:
+            return convert(tree)
+        return {key: walk(value) for key, value in tree.items()}
+
+    return walk(momentum_stats)

@@ -91,9 +91,10 @@ def apply_all_crops(
     ), stats
 
 
-def freeze_params(params: Any, top: str, name: str, frozen: jax.Array) -> Any:
+def without_gradient_while(params: Any, top: str, name: str, held: jax.Array) -> Any:
     """`params` with the gradient of every leaf under `params[top]` in a module called
-    `name` cut while `frozen` (DINO's frozen last layer, SwAV's frozen prototypes).
+    `name` cut while `held` (DINO's last layer and SwAV's prototypes in their first epoch;
+    not to be confused with `TrainState.frozen`, networks that are never trained).
 
     The values are unchanged; only the gradient is zero. Weight decay still reaches the
     leaves, where PyTorch's optimisers skip a parameter whose gradient is None.
@@ -102,7 +103,7 @@ def freeze_params(params: Any, top: str, name: str, frozen: jax.Array) -> Any:
     def maybe_stop(path, leaf):
         names = [str(getattr(p, "key", p)) for p in path]
         if name in names:
-            return jnp.where(frozen, jax.lax.stop_gradient(leaf), leaf)
+            return jnp.where(held, jax.lax.stop_gradient(leaf), leaf)
         return leaf
 
     return {**params, top: jax.tree_util.tree_map_with_path(maybe_stop, params[top])}

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m ssljax.bench step|pipeline` (see __main__)."""
