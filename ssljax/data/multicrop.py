@@ -1,7 +1,7 @@
 """Multi-crop views (Caron et al. 2020) with the view-sampling knobs of SSLight.
 
 Tan, Saleh, Martinez, "Improving the generalization of supervised/self-supervised
-low-compute models by view sampling" (ICLR 2023; SPEC.md "Low-compute view sampling"):
+low-compute models by view sampling" (ICLR 2023; docs/fidelity.md):
 N_g global crops of GC² pixels (GC = `config.dataset.image_size`) with area fraction in
 (S_g, 1), N_l local crops of LC² pixels from (0.05, S_l), each cropped by the same
 torchvision rule as the two-view presets (`augment.crop_window`), then flip, colour
