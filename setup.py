@@ -44,5 +44,7 @@ setup(
             "timm>=1.0.29",
             "safetensors>=0.8.0",
         ],
+        # benchmarks/fh_alternatives.py only: OpenCV's graph segmentation (ximgproc).
+        "fh-bench": ["opencv-contrib-python-headless>=5.0.0"],
     },
 )
