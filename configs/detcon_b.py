@@ -4,7 +4,7 @@ Presets:
 - `imagenet` (default): the paper's 1000-epoch ImageNet setting (§4.1, A.2, A.3):
   ResNet-50 at 224 px, B = 4096, LARS with base_lr 0.2 (LR = 0.2 × B/256 = 3.2),
   wd 1.5e-6, 10 warm-up epochs, cosine; τ_base 0.996; `byol` augmentations (A.1);
-  FH masks scale 1000, σ 0.8, min_size 1000 from the cache (§3.2, SPEC.md), pooled to
+  FH masks scale 1000, σ 0.8, min_size 1000 from the cache (§3.2, docs/fidelity.md), pooled to
   the 7×7 layer4 grid, 16 ids per image; T = 0.1.
 - `coco`: COCO pre-training (§4.2, A.3): FH scales {500, 1000, 1500} with min_size =
   scale, piecewise-constant LR ×0.1 at 96% and 98% of training. The paper pre-trains
@@ -20,7 +20,9 @@ Presets:
 Fields beyond `configlib.base_config()`:
 - `temperature`: τ of the contrastive detection loss (0.1; latents at norm 1/√τ).
 - `masks.*` (documented in `configlib.detcon_masks`): `kind='fh'`, `fh_scales=(1000,)`,
-  `fh_sigma=0.8`, `fh_min_size=1000`, `grid=7`, `num_samples=16`.
+  `fh_sigma=0.8`, `fh_min_size=1000`, `grid=7`, `num_samples=16`, `sampling=independent`
+  (each view draws its ids among its own segments, as the reference; `shared`: one draw
+  among the segments both views show).
 - `projector`, `predictor`: BYOL's heads, Linear 4096 → BN → ReLU → Linear 256 (A.2).
 """
 

@@ -4,7 +4,7 @@ Presets:
 - `imagenet` (default): the paper's fully-trained ImageNet setting (§4.1, A.2, A.3):
   ResNet-50 at 224 px, 1000 epochs, B = 4096, LARS with base_lr 0.3 (LR = 0.3 × B/256 =
   4.8), wd 1e-6, 10 warm-up epochs, cosine; sync BN; `simclr` augmentations (A.1); FH
-  masks scale 1000, σ 0.8, min_size 1000 from the cache (§3.2, SPEC.md), pooled to the
+  masks scale 1000, σ 0.8, min_size 1000 from the cache (§3.2, docs/fidelity.md), pooled to the
   7×7 layer4 grid, 16 ids per image; T = 0.1.
 - `coco`: COCO pre-training (§4.2–4.3, A.3): FH scales {500, 1000, 1500} with min_size =
   scale, piecewise-constant LR ×0.1 at 96% and 98% of training; the paper sweeps
@@ -20,12 +20,13 @@ Presets:
 Fields beyond `configlib.base_config()`:
 - `temperature`: τ of the contrastive detection loss (0.1; latents at norm 1/√τ).
 - `masks.*` (documented in `configlib.detcon_masks`): `kind='fh'`, `fh_scales=(1000,)`,
-  `fh_sigma=0.8`, `fh_min_size=1000`, `grid=7`, `num_samples=16`.
+  `fh_sigma=0.8`, `fh_min_size=1000`, `grid=7`, `num_samples=16`, `sampling=independent`
+  (each view draws its ids among its own segments, as the reference; `shared`: one draw
+  among the segments both views show).
 - `projector`: `hidden_dims` (2048,), `out_dim` 128: the paper's "two-layer MLP whose
   hidden and output dimensions are 2048 and 128" (A.2; its FLOP count, 2048×2048 +
   2048×128, confirms one hidden layer), `use_bn` (BN after the hidden Linear),
-  `hidden_bias` False and `last_bias` False (SimCLR's heads). configs/simclr.py follows
-  the SimCLR reference code with two hidden layers instead.
+  `hidden_bias` False and `last_bias` False: configs/simclr.py's head, as A.2 says.
 """
 
 from pathlib import Path
@@ -40,6 +41,7 @@ detcon_b = configlib.load_module(Path(__file__).with_name("detcon_b.py"))
 def detcon_s_defaults(config):
     config.method = "detcon_s"
     config.augment.preset = "simclr"
+    config.model.zero_init_residual = "all"  # SimCLR's network (DetCon §3.1)
     configlib.bn_group(config, "sync")
     config.batch_size = 4096
     config.epochs = 1000
@@ -86,7 +88,6 @@ def fashion_mnist(config):
 
 def smoke(config):
     configlib.smoke(config)
-    config.projector.hidden_dims = (64,)
     configlib.small_image_masks(config)
 
 

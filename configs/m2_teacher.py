@@ -16,9 +16,9 @@ Fields beyond BYOL's heads and EMA target (`configlib.byol_heads`, `configlib.em
 
 Presets:
 - `imagenet` (default): §4, 300 epochs. ResNet-50, projector 4096/256, B = 4096 (128 GPUs
-  × 32), student and teacher BN over 32 images, LARS base_lr 0.3 (×B/256), wd 1e-6 (SPEC;
-  the paper's text says 1.5e-6), 10 warm-up epochs, cosine; m_base 0.01 (tau_base 0.99);
-  `byol` augmentations at 224 px. Paper: 72.0 top-1 (Table 2, BN = 32).
+  × 32), student and teacher BN over 32 images, LARS base_lr 0.3 (×B/256), wd 1e-6 (the
+  code's exps; the paper's text says 1.5e-6), 10 warm-up epochs, cosine; m_base 0.01
+  (tau_base 0.99); `byol` augmentations at 224 px. Paper: 72.0 top-1 (Table 2, BN = 32).
 - `imagenet_single_machine`: §4.3, one machine of 8 GPUs. B = 1024, BN over 128 images,
   SGD momentum 0.9, LR 0.05 × B/256, wd 1e-4, cosine, tau_base 0.99 (the authors'
   `..._1mm_099` exps). Paper: 73.8 top-1 at 300 epochs (Table 5).
@@ -45,6 +45,8 @@ def m2_teacher_fields(config):
     config.alpha_base = 1.0
     config.alpha_schedule = "cosine"
     config.momentum_bn_epsilon = 1e-5
+    config.augment.jitter_style = "torchvision"  # the reference's torchvision ColorJitter
+    config.model.zero_init_residual = "none"  # resnet_mbn.py: zero_init_residual=False
     config.tau_base = 0.99  # 1 − m_base, m_base = 0.01
 
 

@@ -35,6 +35,7 @@ def moco_defaults(config):
     """MoCo v1 on ImageNet; MoCo v2 (configs/moco_v2.py) changes a few of these."""
     config.method = "moco"
     config.augment.preset = "moco_v1"
+    config.model.zero_init_residual = "none"  # torchvision's resnet50() default
     config.batch_size = 256
     config.epochs = 200
     config.temperature = 0.07

@@ -26,7 +26,9 @@ Presets:
   'random' so that it runs on its own (tests pass a `configs/byol.py:smoke` run instead).
 
 Fields beyond `configlib.base_config()`:
-- `generation_weight`: λ in L_BYOL + λ·L_G (SPEC.md: 1; the paper's appendix says 0.1).
+- `generation_weight`: λ in L_BYOL + λ·L_G: 1, as the reference code (`SaGe_Net.
+  forward_train` adds the weighted L_G terms to the BYOL loss); the paper's appendix says
+  0.1 (docs/fidelity.md).
 - `generation.{pixels, projection, layer4, layer3, layer2}`: weights of L_G's terms
   (reference: 1/10, 1/10, 1/30, 1/30, 1/30).
 - `decoder.{bottleneck_dim, stem_channels, channels}`: the decoder's widths; the number of
@@ -34,7 +36,10 @@ Fields beyond `configlib.base_config()`:
 - `optimizer.decoder.{name, base_lr, warmup_epochs, b1, b2, eps}`: the decoder's Adam.
 - `evaluator.checkpoint`: the --workdir of the evaluator's run, or 'random';
   `evaluator.step`: its checkpoint (default: newest); `evaluator.model`, `.projector`:
-  the architecture it must have (default: this preset's encoder and BYOL projector).
+  the architecture it must have (default: this preset's encoder and BYOL projector);
+  `evaluator.bn`: 'batch' (default: the statistics of each batch it is shown, as the
+  reference's evaluator, which sits in the train-mode model) or 'running' (its
+  checkpoint's running statistics, inference mode).
 """
 
 import copy
@@ -51,6 +56,8 @@ byol = configlib.load_module(Path(__file__).with_name("byol.py"))
 def sage_defaults(config):
     configlib.byol_fields(config)
     config.method = "sage"
+    config.augment.jitter_style = "torchvision"  # OpenSelfSup's torchvision ColorJitter
+    config.model.zero_init_residual = "none"  # OpenSelfSup ResNet: zero_init_residual=False
     config.generation_weight = 1.0
     config.generation = ml_collections.ConfigDict(
         {"pixels": 0.1, "projection": 0.1, "layer4": 1 / 30, "layer3": 1 / 30, "layer2": 1 / 30}
@@ -71,6 +78,9 @@ def sage_defaults(config):
     config.evaluator = ml_collections.ConfigDict()
     config.evaluator.checkpoint = config_dict.placeholder(str)
     config.evaluator.step = config_dict.placeholder(int)
+    # 'batch': the evaluator normalises with each batch's statistics, as the reference's
+    # evaluator (a sub-module of the model in train mode); 'running': its checkpoint's.
+    config.evaluator.bn = "batch"
 
 
 def imagenet(config):

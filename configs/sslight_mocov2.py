@@ -14,7 +14,7 @@ Presets (ImageNet, 200 epochs, B = 1024, MobileNetV2; `model.name` switches the 
 
 As the other SSLight configs: DINO's augmentations (`byol` colour, blur p (1.0, 0.1,
 0.5), solarize p (0, 0.2, 0)), LARS base_lr 0.48, wd 1e-6, 10 warm-up epochs, cosine
-(SPEC.md; the SSLight code's MoCo run uses the same). The fields are those of
+to min LR 0.0048 (the SSLight code's `moco_cnn_sslight.yaml`). The fields are those of
 configs/moco_v1.py and configs/sslight_dino.py's `multicrop`.
 """
 

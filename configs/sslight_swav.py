@@ -18,8 +18,9 @@ Fields beyond configs/sslight_dino.py's `multicrop`:
 - `swav`: `num_prototypes` 3000, `temperature` τ 0.1, `epsilon` ε 0.05,
   `sinkhorn_iterations` 3, `crops_for_assign` 2 (codes of the first two global crops),
   `queue_length` 3840 (the SSLight code's; a multiple of the device count),
-  `queue_start_epoch` 15, `freeze_prototypes_epochs` 1. (The SSLight code trains SwAV
-  with base_lr 0.3; SPEC.md's 0.48 is used.)
+  `queue_start_epoch` 15, `freeze_prototypes_epochs` 1. (The SSLight code's
+  `swav_cnn_sslight.yaml` trains SwAV with base_lr 0.3 and a warm-up from 0.075; the
+  other SSLight runs' LARS 0.48 is used here, docs/fidelity.md.)
 """
 
 from pathlib import Path

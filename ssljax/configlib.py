@@ -37,16 +37,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.shuffle_buffer = 50_000
 
     c.augment = ml_collections.ConfigDict()
-    c.augment.preset = "byol"  # one of ssljax.data.augment.PRESETS (SPEC.md's table)
+    c.augment.preset = "byol"  # one of ssljax.data.augment.PRESETS (docs/fidelity.md)
     # Optional overrides of single preset fields (None keeps the paper's value):
     c.augment.s_min = config_dict.placeholder(float)  # smallest crop area fraction
     c.augment.p_blur = config_dict.placeholder(tuple)  # (view 1, view 2)
     c.augment.p_solarize = config_dict.placeholder(tuple)  # (view 1, view 2)
+    # 'tf' (BYOL/DetCon/SimCLR code) | 'torchvision' (ColorJitter: MoCo, M2T, SaGe, SSLight)
+    c.augment.jitter_style = config_dict.placeholder(str)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet50"  # resnet18..resnet200 | mobilenet_v2 | vit_tiny | vit_small
     c.model.width = 1.0  # channel multiplier
     c.model.small_stem = False  # 3×3 stride-1 stem, no max-pool (32-px images)
+    # Residual blocks whose last BN scale starts at 0, as the method's reference ResNet:
+    # 'bottleneck' (Haiku: BYOL, DetCon), 'all' (SimCLR), 'none' (torchvision models).
+    c.model.zero_init_residual = "bottleneck"
     c.model.bn_momentum = 0.9  # running-statistics decay (BYOL reference: 0.9)
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on TPU
     c.model.patch_size = 16  # ViT patch side (e.g. 4 for 32-px images)
@@ -60,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.trust_coefficient = 1e-3  # LARS η
     c.optimizer.warmup_epochs = 10.0
     c.optimizer.schedule = "cosine"  # 'cosine' | 'steps' | 'constant'
+    c.optimizer.min_lr = 0.0  # where 'cosine' ends (absolute LR)
+    # With a value: weight decay follows a cosine from weight_decay to it (adamw, sgd).
+    c.optimizer.weight_decay_end = config_dict.placeholder(float)
     c.optimizer.decay_at = ()  # fractions of training, for 'steps'
     c.optimizer.decay_factor = 0.1
 
@@ -119,6 +127,9 @@ def detcon_masks(config: ml_collections.ConfigDict) -> None:
     c.masks.grid_size = 4  # n of the n×n `grid` masks
     c.masks.grid = 7  # feature grid g the masks are pooled to (layer4: 7 at 224 px)
     c.masks.num_samples = 16  # segment ids sampled per image (with replacement)
+    # 'independent' (the reference): each view draws its own ids among the segments it
+    # shows; 'shared': one draw among the segments both views show, used for both.
+    c.masks.sampling = "independent"
     c.masks.compute_in_pipeline = False  # compute FH in tf.data instead of reading the cache
     c.masks.cache_dir = config_dict.placeholder(str)  # default: <data_dir>/ssljax_masks
     fh_masks(config)

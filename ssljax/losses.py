@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-6) -> jax.Array:
-    """x / max(‖x‖, eps), the `norm` of SPEC.md."""
+    """x / max(‖x‖, eps): the L2 normalisation of every loss here."""
     norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
     return x / jnp.maximum(norm, eps)
 
@@ -199,10 +199,11 @@ def rebalanced_multicrop_loss(
     crop other than t (P_gg of them: N_g(N_g − 1) for DINO/SwAV, 1 for MoCo-v2*), L_gl the
     pairs with v local (P_gl = T·N_l). The diagonal t = v is never used. With
     `alpha=None` it is the plain mean over all P_gg + P_gl pairs (eq. 2), which equals
-    α = P_gg/(P_gg + P_gl): 1/7 for 2 global and 6 local crops.
+    α = P_gg/(P_gg + P_gl): 1/7 for 2 global and 6 local crops. Without local crops it is
+    L_gg/P_gg whatever α: the two-view method the multi-crop one extends.
     """
     num_targets, num_crops = pair_losses.shape
-    if not 1 <= num_targets <= num_global < num_crops:
+    if not 1 <= num_targets <= num_global <= num_crops or num_crops < 2:
         raise ValueError(
             f"need 1 ≤ target crops ({num_targets}) ≤ global crops ({num_global}) < all "
             f"crops ({num_crops})"
@@ -216,7 +217,7 @@ def rebalanced_multicrop_loss(
     sum_gl = jnp.sum(jnp.where(local_pairs, pair_losses, 0.0))
     p_gg = num_targets * (num_global - 1)
     p_gl = num_targets * (num_crops - num_global)
-    if alpha is None:
+    if alpha is None or p_gl == 0:
         return (sum_gg + sum_gl) / (p_gg + p_gl)
     return alpha * sum_gg / p_gg + (1.0 - alpha) * sum_gl / p_gl
 

@@ -1,7 +1,9 @@
 """Optimisers and schedules: LARS/SGD/AdamW from optax, warm-up + cosine LR, the EMA rate.
 
-Numbers follow SPEC.md "LARS (optax), schedules": LR = base_lr × B / 256, linear warm-up
-from 0, then cosine to 0 (or piecewise-constant decay); biases and normalisation
+LR = base_lr × B / 256, linear warm-up from 0, then cosine to `min_lr` (0 by default, as
+BYOL; SSLight's DINO runs end at a minimum LR) or piecewise-constant decay; weight decay
+is constant or, with `weight_decay_end` (DINO's ViT recipe), a cosine from `weight_decay`
+to it; biases and normalisation
 parameters are excluded from weight decay and from the trust ratio, as are depth-wise
 convolutions and a ViT's position embedding and CLS token (`adaptation_mask`).
 """
@@ -29,15 +31,20 @@ def learning_rate_schedule(
 ) -> optax.Schedule:
     """Linear warm-up from 0 over `opt.warmup_epochs`, then `opt.schedule`.
 
-    `cosine` decays to 0 at `total_steps`; `steps` multiplies by `opt.decay_factor` at each
-    fraction of training in `opt.decay_at` (MoCo v1: 120/200 and 160/200; DetCon on COCO:
-    0.96 and 0.98); `constant` stays at the peak.
+    `cosine` decays to `opt.min_lr` (absolute, default 0) at `total_steps`, as DINO's
+    `cosine_scheduler` from the peak to its final value; `steps` multiplies by
+    `opt.decay_factor` at each fraction of training in `opt.decay_at` (MoCo v1: 120/200 and
+    160/200; DetCon on COCO: 0.96 and 0.98); `constant` stays at the peak.
     """
     peak = peak_learning_rate(opt.base_lr, batch_size)
     warmup = min(int(round(opt.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
     warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
     if opt.schedule == "cosine":
-        after = optax.cosine_decay_schedule(peak, max(total_steps - warmup, 1), alpha=0.0)
+        min_lr = float(opt.get("min_lr", 0.0))
+        if not 0.0 <= min_lr <= peak:
+            raise UserError(f"optimizer.min_lr={min_lr} must be in [0, the peak LR {peak:g}]")
+        alpha = min_lr / peak if peak > 0 else 0.0
+        after = optax.cosine_decay_schedule(peak, max(total_steps - warmup, 1), alpha=alpha)
     elif opt.schedule == "steps":
         boundaries = {
             max(int(round(f * total_steps)) - warmup, 1): opt.decay_factor for f in opt.decay_at
@@ -52,6 +59,23 @@ def learning_rate_schedule(
     if warmup == 0:
         return after
     return optax.join_schedules([warmup_fn, after], [warmup])
+
+
+def weight_decay_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> Any:
+    """`opt.weight_decay`, or with `opt.weight_decay_end` set a cosine from it to the end
+    value over the whole run (DINO's `wd_schedule`, no warm-up)."""
+    end = opt.get("weight_decay_end")
+    if end is None:
+        return opt.weight_decay
+    if end < 0:
+        raise UserError(f"optimizer.weight_decay_end must be ≥ 0, got {end}")
+    start = float(opt.weight_decay)
+
+    def schedule(step):
+        progress = jnp.clip(step / max(total_steps, 1), 0.0, 1.0)
+        return end + (start - end) * (1.0 + jnp.cos(math.pi * progress)) / 2.0
+
+    return schedule
 
 
 def cosine_increase(base: float, step: jax.Array, total_steps: int) -> jax.Array:
@@ -105,10 +129,13 @@ def build_optimizer(
     if opt.weight_decay < 0:
         raise UserError(f"optimizer.weight_decay must be ≥ 0, got {opt.weight_decay}")
     schedule = learning_rate_schedule(opt, batch_size, steps_per_epoch, total_steps)
+    weight_decay = weight_decay_schedule(opt, total_steps)
     if opt.name == "lars":
+        if callable(weight_decay):
+            raise UserError("optimizer.weight_decay_end is supported with 'adamw' and 'sgd'")
         tx = optax.lars(
             schedule,
-            weight_decay=opt.weight_decay,
+            weight_decay=weight_decay,
             weight_decay_mask=adaptation_mask,
             trust_coefficient=opt.trust_coefficient,
             trust_ratio_mask=adaptation_mask,
@@ -118,11 +145,11 @@ def build_optimizer(
         decay_all = opt.get("weight_decay_all", False)
         decay_mask = all_but_probe if decay_all else adaptation_mask
         tx = optax.chain(
-            optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
+            optax.add_decayed_weights(weight_decay, mask=decay_mask),
             optax.sgd(schedule, momentum=opt.momentum),
         )
     elif opt.name == "adamw":
-        tx = optax.adamw(schedule, weight_decay=opt.weight_decay, mask=adaptation_mask)
+        tx = optax.adamw(schedule, weight_decay=weight_decay, mask=adaptation_mask)
     else:
         raise UserError(f"optimizer.name={opt.name!r}: choose 'lars', 'sgd' or 'adamw'")
     if opt.get("decoder") is not None:

@@ -25,5 +25,5 @@ class TrainState:
     target_batch_stats: Any = None  # the target's own running BN statistics
     queue: Any = None  # MoCo / SwAV: replicated on every device
     momentum_stats: Any = None  # Momentum² Teacher: running stats of Momentum BN
-    frozen: Any = None  # never-updated networks, e.g. SaGe's evaluator
+    frozen: Any = None  # networks never trained, loaded at the start: SaGe's evaluator h_G
     center: Any = None  # DINO: running mean of the teacher's outputs, pmean'd in the loss

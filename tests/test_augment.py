@@ -1,4 +1,4 @@
-"""Tests for ssljax.data.augment: SPEC.md's presets show in sampled views.
+"""Tests for ssljax.data.augment: each preset's paper values show in sampled views.
 
 Frequencies are checked against binomial tolerances of 5 σ (flaky-free, still able to
 fail), and every random decision is also checked through its observable effect: the
@@ -63,7 +63,7 @@ def _off(preset):
     return ops
 
 
-def test_presets_match_the_spec_table():
+def test_presets_match_the_papers_tables():
     byol, simclr, v1, v2 = (augment.PRESETS[k] for k in ("byol", "simclr", "moco_v1", "moco_v2"))
     assert (byol.s_min, byol.p_jit, byol.brightness, byol.contrast) == (0.08, 0.8, 0.4, 0.4)
     assert (byol.saturation, byol.hue, byol.p_gray) == (0.2, 0.1, 0.2)
@@ -108,7 +108,8 @@ def test_same_seed_gives_identical_views_and_other_seeds_differ():
 
 
 def _reference_crop_areas(height, width, s_min, n, rng):
-    """Relative areas of numpy draws of the SPEC/torchvision rule (10 tries, then centre)."""
+    """Relative areas of numpy draws of torchvision's RandomResizedCrop rule (10 tries, then
+    centre)."""
     areas = np.empty(n)
     for i in range(n):
         for _ in range(augment.CROP_ATTEMPTS):
@@ -124,7 +125,7 @@ def _reference_crop_areas(height, width, s_min, n, rng):
 
 
 @pytest.mark.parametrize("s_min", sorted({p.s_min for p in augment.PRESETS.values()}))
-def test_crop_window_area_and_aspect_follow_the_spec_rule(s_min):
+def test_crop_window_area_and_aspect_follow_the_torchvision_rule(s_min):
     n, height, width = 4000, 300, 400
     seeds = tf.stack([tf.range(n, dtype=tf.int64), tf.ones(n, tf.int64)], axis=1)
     windows = next(
@@ -279,3 +280,146 @@ def test_extra_maps_get_the_same_crop_and_flip_as_the_image():
         flips.add(bool(d["flip"]))
         interior_fraction.append(interior.mean())
     assert flips == {False, True} and np.mean(interior_fraction) > 0.5
+
+
+# ---- Colour jitter, each style against a numpy transcription of its reference ------
+
+
+def _np_rgb_to_hsv(rgb):
+    """Hexcone HSV with hue in [0, 1): the conversion TF and torchvision both use."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = rgb.max(-1)
+    chroma = value - rgb.min(-1)
+    sat = np.where(value > 0, chroma / np.where(value > 0, value, 1), 0.0)
+    safe = np.where(chroma > 0, chroma, 1)
+    hue = np.where(
+        value == r,
+        (g - b) / safe,
+        np.where(value == g, 2 + (b - r) / safe, 4 + (r - g) / safe),
+    )
+    hue = np.where(chroma > 0, (hue / 6) % 1.0, 0.0)
+    return hue, sat, value
+
+
+def _np_hsv_to_rgb(hue, sat, value):
+    sector = hue * 6
+    k = lambda n: (n + sector) % 6  # noqa: E731
+    channel = lambda n: value - value * sat * np.clip(np.minimum(k(n), 4 - k(n)), 0, 1)  # noqa: E731
+    return np.stack([channel(5), channel(3), channel(1)], axis=-1)
+
+
+def _np_gray(rgb):
+    return rgb @ np.array([0.2989, 0.5870, 0.1140])
+
+
+REFERENCE_JITTER = {
+    # BYOL's augmentations.py (the TF/JAX references): additive brightness, contrast
+    # around each channel's mean, saturation scaled in HSV and clipped.
+    "tf": {
+        "brightness": lambda x, a: x + a,
+        "contrast": lambda x, a: (
+            a * (x - x.mean(axis=(0, 1), keepdims=True)) + x.mean(axis=(0, 1), keepdims=True)
+        ),
+        "saturation": lambda x, a: _np_hsv_to_rgb(
+            *(lambda h, s, v: (h, np.clip(s * a, 0, 1), v))(*_np_rgb_to_hsv(x))
+        ),
+    },
+    # torchvision.transforms.functional_tensor: blends with black, with the mean gray
+    # level of the image, and with the per-pixel gray image.
+    "torchvision": {
+        "brightness": lambda x, a: a * x,
+        "contrast": lambda x, a: a * x + (1 - a) * _np_gray(x).mean(),
+        "saturation": lambda x, a: a * x + (1 - a) * _np_gray(x)[..., None],
+    },
+}
+HUE = lambda x, a: _np_hsv_to_rgb(  # noqa: E731  both references: shift on the hue circle
+    *(lambda h, s, v: ((h + a) % 1.0, s, v))(*_np_rgb_to_hsv(x))
+)
+
+
+@pytest.mark.parametrize("style", augment.JITTER_STYLES)
+@pytest.mark.parametrize("op", ["brightness", "contrast", "saturation", "hue"])
+def test_each_jitter_op_equals_its_references_formula(style, op):
+    image = _colourful_image(12, seed=3).numpy() / 255.0
+    index = ["brightness", "contrast", "saturation", "hue"].index(op)
+    reference = HUE if op == "hue" else REFERENCE_JITTER[style][op]
+    shift = op == "hue" or (op == "brightness" and style == "tf")
+    amounts = (-0.3, 0.25) if shift else (0.6, 1.35)  # shifts or factors
+    for amount in amounts:
+        ours = augment.JITTER_OPS[style][index](tf.constant(image, tf.float32), amount)
+        expected = np.clip(reference(image, amount), 0, 1)
+        np.testing.assert_allclose(np.clip(ours.numpy(), 0, 1), expected, atol=2e-5)
+
+
+def test_jitter_amounts_follow_each_references_ranges():
+    preset = dataclasses.replace(
+        augment.PRESETS["byol"], brightness=0.4, contrast=1.5, saturation=0.2, hue=0.1
+    )
+    ends = tf.constant([[-1.0] * 4, [1.0] * 4])
+    tf_style = np.array([augment.jitter_amounts(u, preset) for u in ends])
+    tv_style = np.array(
+        [
+            augment.jitter_amounts(u, dataclasses.replace(preset, jitter_style="torchvision"))
+            for u in ends
+        ]
+    )
+    # TF: δ_b ∈ [−0.4, 0.4]; factors 1 ± s (even below 0). torchvision: [max(0, 1 − s), 1 + s].
+    np.testing.assert_allclose(tf_style, [[-0.4, -0.5, 0.8, -0.1], [0.4, 2.5, 1.2, 0.1]], 1e-6)
+    np.testing.assert_allclose(tv_style, [[0.6, 0.0, 0.8, -0.1], [1.4, 2.5, 1.2, 0.1]], 1e-6)
+
+
+def test_torchvision_jitter_replays_its_ops_in_the_drawn_order():
+    preset = dataclasses.replace(augment.PRESETS["moco_v2"], p_jit=1.0)
+    assert preset.jitter_style == "torchvision"
+    image = _colourful_image(8).numpy() / 255.0
+    for seed in tf.constant([[i, 1] for i in range(4)], tf.int64):
+        u = tf.random.stateless_uniform(
+            [4], augment.fold_seed(seed, augment._JITTER_FACTORS), -1.0, 1.0
+        ).numpy()
+        factors = [0.6 + (v + 1) / 2 * 0.8 for v in u[:3]]
+        ops = [
+            lambda x, f=factors[0]: REFERENCE_JITTER["torchvision"]["brightness"](x, f),
+            lambda x, f=factors[1]: REFERENCE_JITTER["torchvision"]["contrast"](x, f),
+            lambda x, f=factors[2]: REFERENCE_JITTER["torchvision"]["saturation"](x, f),
+            lambda x, a=u[3] * 0.1: HUE(x, a),
+        ]
+        expected = image
+        for i in augment.jitter_order(seed).numpy():
+            expected = np.clip(ops[i](expected), 0, 1)
+        ours = augment.color_jitter(tf.constant(image, tf.float32), seed, preset)
+        np.testing.assert_allclose(ours, expected, atol=5e-5)
+
+
+@pytest.mark.parametrize(
+    "config_name, style",
+    [
+        ("byol", "tf"),
+        ("detcon_b", "tf"),
+        ("detcon_s", "tf"),
+        ("simclr", "tf"),
+        ("moco_v1", "torchvision"),
+        ("moco_v2", "torchvision"),
+        ("m2_teacher", "torchvision"),
+        ("sage", "torchvision"),
+        ("sslight_dino", "torchvision"),
+        ("sslight_swav", "torchvision"),
+        ("sslight_mocov2", "torchvision"),
+    ],
+)
+def test_each_methods_jitter_follows_its_reference_code(config_name, style):
+    """TF/JAX references (BYOL, DetCon, SimCLR) vs PyTorch ones using ColorJitter."""
+    from pathlib import Path
+
+    from ssljax import configlib
+
+    configs = Path(__file__).parent.parent / "configs"
+    config = configlib.load(str(configs / f"{config_name}.py"))
+    assert augment.preset_from_config(config.augment).jitter_style == style
+
+
+def test_an_unknown_jitter_style_is_a_user_error():
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"preset": "byol", "jitter_style": "pil"})
+    with pytest.raises(UserError, match="jitter_style"):
+        augment.preset_from_config(config)

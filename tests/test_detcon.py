@@ -151,14 +151,19 @@ def test_registered_and_presets_hold_the_papers_numbers():
         assert (small.masks.grid, small.masks.compute_in_pipeline) == (GRID, True)
 
 
-def test_detcon_s_with_one_global_mask_is_twice_simclrs_nt_xent():
-    """Paper §3.1: one global mask recovers SimCLR. `detcon_loss` sums its two directions
-    where `nt_xent` averages them, so loss and gradient are exactly 2× SimCLR's."""
-    simclr_module = pytest.importorskip("ssljax.methods.simclr")
+def test_detcon_s_with_one_global_mask_is_twice_simclr_built_from_simclrs_own_preset():
+    """Paper §3.1: one global mask recovers SimCLR. SimCLR is built from configs/simclr.py
+    (its params drive both losses, so any difference in the heads fails). `detcon_loss`
+    sums its two directions where `nt_xent` averages them: loss and gradient are 2×."""
+    from ssljax.methods.simclr import SimCLR
+
     config = _config("detcon_s")
     config.masks.num_samples = 1
-    detcon, simclr = DetConS(config, 10), simclr_module.SimCLR(config, 10)
-    mesh, state = _init(simclr, config)
+    simclr_config = configlib.load(str(CONFIGS / "simclr.py:smoke"))
+    simclr_config.optimizer.warmup_epochs = 0.0
+    assert simclr_config.batch_size == config.batch_size
+    detcon, simclr = DetConS(config, 10), SimCLR(simclr_config, 10)
+    mesh, state = _init(simclr, simclr_config)
     batch = sharding.global_batch(_global_mask_batch(config.batch_size), mesh)
 
     def both(params, state, batch):
@@ -174,6 +179,23 @@ def test_detcon_s_with_one_global_mask_is_twice_simclrs_nt_xent():
     assert float(loss_d) == pytest.approx(2 * float(loss_s), rel=1e-5)
     twice = jax.tree.map(lambda g: 2 * g, grad_s)
     assert_trees_close(grad_d, twice, rtol=1e-3, atol=1e-6)
+
+
+def test_detcon_s_and_simclr_presets_share_the_papers_head_and_optimiser():
+    """DetCon A.2: DetCon_S's projector is SimCLR's two-layer MLP, 2048 → 128; both
+    optimise with LARS base_lr 0.3, wd 1e-6 (SimCLR §B.1)."""
+    for preset in ("imagenet", "fashion_mnist", "smoke"):
+        s = configlib.load(str(CONFIGS / f"simclr.py:{preset}"))
+        d = configlib.load(str(CONFIGS / f"detcon_s.py:{preset}"))
+        assert s.projector.to_dict() == d.projector.to_dict(), preset
+        assert (s.temperature, s.augment.preset, s.bn_group) == (
+            d.temperature,
+            d.augment.preset,
+            d.bn_group,
+        )
+    s = configlib.load(str(CONFIGS / "simclr.py:imagenet"))
+    assert (s.projector.hidden_dims, s.projector.out_dim) == ((2048,), 128)
+    assert (s.optimizer.base_lr, s.optimizer.weight_decay, s.temperature) == (0.3, 1e-6, 0.1)
 
 
 def test_sixteen_copies_of_the_global_mask_are_simclr_up_to_scale_and_shift():

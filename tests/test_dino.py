@@ -180,9 +180,9 @@ def test_registered_and_presets_hold_the_papers_numbers():
     assert (tuple(dino.hidden_dims), dino.bottleneck_dim, dino.out_dim) == (
         (2048, 2048),
         256,
-        65536,
+        4096,
     )
-    assert dino.norm_last_layer and not dino.use_bn
+    assert dino.norm_last_layer and dino.use_bn
     assert (
         dino.student_temperature,
         dino.warmup_teacher_temperature,
@@ -249,3 +249,25 @@ def test_fashion_mnist_preset_does_not_collapse_to_a_uniform_teacher(preset):
     log_k = np.log(config.dino.out_dim)
     assert float(metrics["teacher_entropy"]) < log_k - 2.5
     assert float(metrics["loss"]) < log_k - 1.0
+
+
+def test_cnn_and_vit_presets_hold_the_sslight_codes_dino_settings():
+    """SSLight's dino_cnn_sslight.yaml / dino_vit_sslight.yaml (values typed here)."""
+    cnn = _config("recipe_resnet18")
+    assert (cnn.dino.out_dim, cnn.dino.use_bn, cnn.dino.norm_last_layer) == (4096, True, True)
+    assert cnn.dino.warmup_teacher_temperature_epochs == 50
+    assert (cnn.optimizer.name, cnn.optimizer.base_lr, cnn.optimizer.weight_decay) == (
+        "lars",
+        0.48,
+        1e-6,
+    )
+    assert cnn.optimizer.min_lr == 0.0048 and cnn.optimizer.weight_decay_end is None
+    vit = _config("recipe_vit_tiny")
+    assert (vit.dino.out_dim, vit.dino.use_bn, vit.dino.norm_last_layer) == (65536, False, False)
+    assert vit.dino.warmup_teacher_temperature_epochs == 30
+    assert (vit.optimizer.name, vit.optimizer.base_lr, vit.optimizer.min_lr) == (
+        "adamw",
+        5e-4,
+        1e-5,
+    )
+    assert (vit.optimizer.weight_decay, vit.optimizer.weight_decay_end) == (0.04, 0.4)

@@ -243,3 +243,48 @@ def test_moco_key_encoder_with_momentum_bn_mixes_a_fixed_alpha_of_0064():
     )
     expected = jax.tree_util.tree_map(lambda o, r: 0.064 * r + 0.936 * o, old, recorded)
     assert_trees_close(jax.device_get(state.momentum_stats), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_constant_alpha_one_is_byol_with_a_local_bn_teacher():
+    """α = 1 throughout: every Momentum BN of the teacher normalises with its batch's own
+    statistics, so M²T is BYOL whose target uses per-device BN, up to the unbiased variance
+    (× n/(n − 1), n = 16 images × 64 cells here: 0.1%). Loss and gradient agree to that
+    on the same parameters; a teacher that mixed in its running statistics would not."""
+    from jax.sharding import PartitionSpec as P
+
+    from ssljax.methods.byol import Byol
+
+    config = _config()
+    config.student_bn_group = config.teacher_bn_group = config.bn_group = "local"
+    config.teacher_bn, config.alpha_schedule, config.alpha_base = "momentum", "constant", 1.0
+    byol = Byol(config, 4)
+    for name in ("online", "target"):
+        network = getattr(byol, name)
+        setattr(byol, name, network.clone(encoder=network.encoder.clone(stage_sizes=(0,) * 4)))
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    tx, _ = build_optimizer(config.optimizer, config.batch_size, 5, 4)
+    batch = sharding.global_batch(two_view_batch(16, SIZE), mesh)
+    values = []
+    for method in (_tiny_method(config, 4), byol):
+        state = engine.make_init(method, tx, mesh, (SIZE, SIZE, 3), None)(jax.random.PRNGKey(0))
+
+        def loss_and_grad(params, state, batch, method=method):
+            def loss(p):
+                return method.loss(p, state, batch, jax.random.PRNGKey(1))[0]
+
+            return jax.value_and_grad(loss)(params)
+
+        run = jax.jit(
+            jax.shard_map(
+                loss_and_grad,
+                mesh=mesh,
+                in_specs=(P(), P(), P(sharding.DATA_AXIS)),
+                out_specs=P(),
+                check_vma=False,
+            )
+        )
+        values.append(jax.device_get(run(state.params, state, batch)))
+    (m2t_loss, m2t_grad), (byol_loss, byol_grad) = values
+    assert float(m2t_loss) == pytest.approx(float(byol_loss), rel=2e-3)
+    assert float(m2t_loss) != float(byol_loss)  # two code paths, not one
+    assert_trees_close(m2t_grad, byol_grad, rtol=5e-2, atol=1e-4)

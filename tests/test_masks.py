@@ -1,5 +1,5 @@
 """Tests for ssljax.data.masks and .mask_cache: DetCon's masks, their cache and the batch
-contract (SPEC.md "DetCon_S / DetCon_B").
+contract (DetCon, Hénaff et al. 2021, §3.2; docs/fidelity.md).
 
 Pure mask functions run on tiny hand-made images; the cache, the precompute command and
 the pipeline run on Fashion-MNIST prepared once from Debian's package (skipped where it
@@ -25,12 +25,24 @@ SMALL_FH = fh.FHParams.make((100,), 0.8, 20)  # ~8 segments on a 28-px Fashion-M
 CROP_AND_FLIP_ONLY = augment.crop_and_flip(0.3)
 
 
+def grid_mask(height: int, width: int, n: int) -> np.ndarray:
+    """n×n blocks of (nearly) equal size, ids row-major 0..n²−1 (§3.2 spatial heuristic)."""
+    rows = np.arange(height) * n // height
+    cols = np.arange(width) * n // width
+    return (rows[:, None] * n + cols[None, :]).astype(np.int32)
+
+
+def global_mask(height: int, width: int) -> np.ndarray:
+    """One segment over the whole image: DetCon with it is SimCLR / BYOL (§3.1)."""
+    return np.zeros((height, width), np.int32)
+
+
 # ---- Masks through the views -------------------------------------------------------
 
 
 def _painted(size=48, n=4):
     """An image whose n×n grid segments are painted in far-apart colours, and its mask."""
-    mask = masks.grid_mask(size, size, n)
+    mask = grid_mask(size, size, n)
     palette = np.random.default_rng(0).permutation(256)[: n * n]
     colours = np.stack([palette, 255 - palette, (palette * 7) % 256], axis=-1)
     return colours[mask].astype(np.uint8), mask, colours
@@ -102,12 +114,13 @@ def test_majority_pool_equals_average_pooling_binary_masks_then_argmax(size, gri
     np.testing.assert_array_equal(pooled, ids[np.argmax(average, axis=-1)])
 
 
-def test_sampled_ids_are_present_uniform_with_replacement_and_shared_when_possible():
+def test_shared_sampling_draws_one_set_among_ids_both_views_show():
     mask1 = tf.constant([[1, 1], [4, 700]], tf.int32)
     mask2 = tf.constant([[4, 4], [700, 9]], tf.int32)  # shares 4 and 700 with view 1
     counts = np.zeros(2)
     for i in range(200):
-        ids1, ids2 = masks.sample_ids(mask1, mask2, tf.constant([i, 0], tf.int64), 16)
+        seed = tf.constant([i, 0], tf.int64)
+        ids1, ids2 = masks.sample_ids(mask1, mask2, seed, 16, "shared")
         ids1, ids2 = ids1.numpy(), ids2.numpy()
         assert ids1.dtype == np.int32 and ids1.shape == (16,)
         np.testing.assert_array_equal(ids1, ids2)
@@ -117,15 +130,58 @@ def test_sampled_ids_are_present_uniform_with_replacement_and_shared_when_possib
     assert abs(counts[0] - 1600) < 5 * np.sqrt(3200 * 0.25)
 
     disjoint = tf.constant([[8, 8], [8, 2]], tf.int32)
-    ids1, ids2 = masks.sample_ids(mask1, disjoint, tf.constant([1, 2], tf.int64), 16)
+    ids1, ids2 = masks.sample_ids(mask1, disjoint, tf.constant([1, 2], tf.int64), 16, "shared")
     assert set(ids1.numpy()) == {1, 4, 700} and set(ids2.numpy()) == {2, 8}  # with replacement
 
+
+def test_independent_sampling_draws_each_view_with_its_own_seed_among_its_own_ids():
+    """The DetCon reference's default: a fresh rng key per view, every id present in that
+    view; so ids seen in one view only are drawn and the two draws differ."""
+    mask1 = tf.constant([[1, 1], [4, 700]], tf.int32)  # ids 1, 4, 700
+    mask2 = tf.constant([[4, 4], [700, 9]], tf.int32)  # ids 4, 700, 9
+    counts1, counts2, equal = np.zeros(3), np.zeros(3), 0
+    for i in range(200):
+        ids1, ids2 = masks.sample_ids(mask1, mask2, tf.constant([i, 0], tf.int64), 16)
+        ids1, ids2 = ids1.numpy(), ids2.numpy()
+        assert ids1.dtype == np.int32 and ids1.shape == (16,)
+        counts1 += [np.sum(ids1 == k) for k in (1, 4, 700)]
+        counts2 += [np.sum(ids2 == k) for k in (4, 700, 9)]
+        equal += np.array_equal(ids1, ids2)
+    assert counts1.sum() == counts2.sum() == 3200  # nothing outside each view's own ids
+    # 3200 fair draws among three ids: each within 5 σ of 3200/3.
+    sigma = np.sqrt(3200 * (1 / 3) * (2 / 3))
+    assert np.all(np.abs(counts1 - 3200 / 3) < 5 * sigma)
+    assert np.all(np.abs(counts2 - 3200 / 3) < 5 * sigma)
+    assert equal == 0
+
+    # Same mask in both views: still two different draws (different keys per view).
+    ids1, ids2 = masks.sample_ids(mask1, mask1, tf.constant([3, 4], tf.int64), 16)
+    assert not np.array_equal(ids1.numpy(), ids2.numpy())
+
     seed = tf.constant([7, 7], tf.int64)
-    again = [masks.sample_ids(mask1, disjoint, seed, 16) for _ in range(2)]
+    again = [masks.sample_ids(mask1, mask2, seed, 16) for _ in range(2)]
     np.testing.assert_array_equal(again[0][0], again[1][0])
     np.testing.assert_array_equal(again[0][1], again[1][1])
-    other = masks.sample_ids(mask1, disjoint, tf.constant([7, 8], tf.int64), 16)
+    other = masks.sample_ids(mask1, mask2, tf.constant([7, 8], tf.int64), 16)
     assert not np.array_equal(again[0][0], other[0])
+
+
+def test_an_unknown_sampling_is_a_user_error():
+    mask = tf.constant([[1, 1], [4, 700]], tf.int32)
+    with pytest.raises(UserError, match="masks.sampling"):
+        masks.sample_ids(mask, mask, tf.constant([1, 2], tf.int64), 16, "both")
+
+
+def test_the_pipeline_samples_as_masks_sampling_says():
+    image, mask, _ = _painted(size=32, n=4)
+    args = (tf.constant(image), tf.constant(mask[..., None]), tf.constant([1, 1], tf.int64))
+    shared = masks.views_with_masks(*args, "byol", 16, 4, 16, "shared")
+    independent = masks.views_with_masks(*args, "byol", 16, 4, 16)
+    both = set(shared["mask1"].numpy().ravel()) & set(shared["mask2"].numpy().ravel())
+    assert set(shared["ids1"].numpy()) <= both
+    np.testing.assert_array_equal(shared["ids1"], shared["ids2"])
+    assert not np.array_equal(independent["ids1"], independent["ids2"])
+    assert set(independent["ids2"].numpy()) <= set(independent["mask2"].numpy().ravel())
 
 
 def test_segment_ids_above_255_and_65535_survive_views_pooling_and_sampling():
@@ -176,10 +232,10 @@ def test_fh_params_key_names_every_parameter_and_min_size_zero_means_the_scale()
 
 def test_grid_and_global_masks():
     np.testing.assert_array_equal(
-        masks.grid_mask(3, 5, 2), [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1], [2, 2, 2, 3, 3]]
+        grid_mask(3, 5, 2), [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1], [2, 2, 2, 3, 3]]
     )
-    assert masks.grid_mask(9, 9, 3).max() == 8 and masks.grid_mask(9, 9, 3).dtype == np.int32
-    assert masks.global_mask(4, 6).shape == (4, 6) and not masks.global_mask(4, 6).any()
+    assert grid_mask(9, 9, 3).max() == 8 and grid_mask(9, 9, 3).dtype == np.int32
+    assert global_mask(4, 6).shape == (4, 6) and not global_mask(4, 6).any()
 
 
 # ---- Cache ---------------------------------------------------------------------------
@@ -193,7 +249,7 @@ class _Split:
 def test_fh_cache_round_trips_int32_masks_and_keys_on_its_parameters(tmp_path):
     rng = np.random.default_rng(0)
     maps = [rng.integers(0, 2**31 - 1, (h, w, 2), dtype=np.int32) for h, w in [(3, 5), (7, 2)]]
-    maps += [masks.grid_mask(40, 30, 20)[..., None] + 100_000]
+    maps += [grid_mask(40, 30, 20)[..., None] + 100_000]
     for m in maps:
         decoded = mask_cache.decode_mask(mask_cache.encode_mask(m))
         assert decoded.dtype == np.int32

@@ -41,8 +41,9 @@ def _toy_tree():
 
 
 def _written_out_lars(params, grads_per_step, lrs, wd, eta, momentum):
-    """SPEC.md LARS: u = g + wd·w (not for biases/norm), u ← η‖w‖/‖u‖·u (1 when a norm
-    is 0; not for biases/norm), v ← momentum·v + lr·u, w ← w − v."""
+    """LARS as the BYOL reference's `optimizers.py`: u = g + wd·w (not for biases/norm),
+    u ← η‖w‖/‖u‖·u (1 when a norm is 0; not for biases/norm), v ← momentum·v + lr·u,
+    w ← w − v."""
     params = {k: {n: np.asarray(v, np.float64) for n, v in d.items()} for k, d in params.items()}
     velocity = {k: {n: np.zeros_like(v) for n, v in d.items()} for k, d in params.items()}
     for grads, lr in zip(grads_per_step, lrs):
@@ -133,3 +134,38 @@ def test_ema_rate_is_tau_base_at_step_zero_and_one_at_the_end():
 def test_negative_learning_rate_is_a_user_error():
     with pytest.raises(UserError, match="base_lr"):
         optim.build_optimizer(_opt(base_lr=-1.0), 256, 10, 100)
+
+
+def test_cosine_ends_at_min_lr_as_dinos_cosine_scheduler():
+    """DINO/SSLight `cosine_scheduler`: final + (peak − final)(1 + cos(π i / N))/2 after the
+    warm-up (numbers typed here: peak 0.48 × 1024/256, final 0.0048)."""
+    opt = _opt(base_lr=0.48, warmup_epochs=1.0, min_lr=0.0048)
+    schedule = optim.learning_rate_schedule(opt, 1024, 10, 110)
+    peak, final = 1.92, 0.0048
+    for step in (10, 35, 60, 109, 110):
+        i = step - 10
+        expected = final + (peak - final) * (1 + np.cos(np.pi * i / 100)) / 2
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5)
+    assert float(optim.learning_rate_schedule(_opt(), 256, 10, 100)(100)) == 0.0
+    with pytest.raises(UserError, match="min_lr"):
+        optim.learning_rate_schedule(_opt(min_lr=10.0), 256, 10, 100)
+
+
+def test_adamw_weight_decay_follows_a_cosine_from_weight_decay_to_weight_decay_end():
+    """DINO's ViT recipe: wd 0.04 → 0.4 by a cosine over the run; with zero gradients
+    AdamW's update is −lr·wd(k)·w (decoupled decay)."""
+    opt = _opt(name="adamw", base_lr=5e-4, warmup_epochs=0.0, weight_decay=0.04)
+    opt.weight_decay_end = 0.4
+    total = 20
+    tx, schedule = optim.build_optimizer(opt, 256, 10, total)
+    params = {"dense": {"kernel": jnp.ones((2, 2))}}
+    state = tx.init(params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    for step in range(total + 1):
+        updates, state = tx.update(zeros, state, params)
+        if step in (0, 10, 20):
+            wd = 0.4 + (0.04 - 0.4) * (1 + np.cos(np.pi * step / total)) / 2
+            expected = -float(schedule(step)) * wd
+            np.testing.assert_allclose(updates["dense"]["kernel"], expected, rtol=1e-5)
+    with pytest.raises(UserError, match="weight_decay_end"):
+        optim.build_optimizer(_opt(weight_decay_end=0.4), 256, 10, total)

@@ -94,7 +94,7 @@ def test_unknown_name_is_a_user_error_listing_the_valid_ones():
         build_resnet("resnet51")
 
 
-def _check_zero_init_residuals(model, params):
+def _check_zero_init_residuals(model, params, zero=True):
     np.testing.assert_array_equal(params["stem_bn"]["scale"], 1.0)
     blocks = [k for k in params if "_block" in k]
     assert len(blocks) == sum(model.stage_sizes)
@@ -103,7 +103,7 @@ def _check_zero_init_residuals(model, params):
         last = bns[-1]
         assert last == ("bn3" if model.bottleneck else "bn2")
         for bn in bns + (["shortcut_bn"] if "shortcut_bn" in params[block] else []):
-            expected = 0.0 if bn == last else 1.0
+            expected = 0.0 if bn == last and zero else 1.0
             np.testing.assert_array_equal(params[block][bn]["scale"], expected, err_msg=block)
 
 
@@ -113,8 +113,54 @@ def test_last_bn_of_every_basic_block_starts_at_zero_scale_and_every_other_at_on
 
 
 def test_last_bn_of_every_bottleneck_block_starts_at_zero_scale_and_every_other_at_one():
-    model = build_resnet("resnet50", width=TINY, small_stem=True, axis_name=None)
+    """'bottleneck' (Haiku's ResNet, BYOL/DetCon) zero-initialises bottleneck blocks."""
+    model = build_resnet(
+        "resnet50", width=TINY, small_stem=True, axis_name=None, zero_init_residual="bottleneck"
+    )
     _check_zero_init_residuals(model, _init(model, jnp.zeros((1, 32, 32, 3)))["params"])
+
+
+@pytest.mark.parametrize("mode", ["bottleneck", "none"])
+def test_basic_blocks_keep_every_bn_scale_at_one_unless_all_blocks_are_zeroed(mode):
+    """Haiku's basic block ('bottleneck') and torchvision's default ('none') do not zero."""
+    bn = functools.partial(BatchNorm, axis_name=None)
+    model = ResNet((1, 1, 1, 1), False, TINY, True, bn, zero_init_residual=mode)
+    params = _init(model, jnp.zeros((1, 8, 8, 3)))["params"]
+    _check_zero_init_residuals(model, params, zero=False)
+
+
+def test_an_unknown_zero_init_residual_is_a_user_error():
+    model = build_resnet("resnet18", width=TINY, axis_name=None, zero_init_residual="some")
+    with pytest.raises(UserError, match="zero_init_residual"):
+        _abstract_variables(model, 32)
+
+
+@pytest.mark.parametrize(
+    "config_name, expected",
+    [
+        ("byol", "bottleneck"),  # Haiku hk.nets.ResNet BlockV1: scale_init zeros in bn_2
+        ("detcon_b", "bottleneck"),  # DetCon's networks.py: the same Haiku blocks
+        ("simclr", "all"),  # SimCLR resnet.py: init_zero=True in both block kinds
+        ("detcon_s", "all"),  # SimCLR's network (DetCon §3.1)
+        ("moco_v1", "none"),  # torchvision resnet50(), zero_init_residual=False
+        ("moco_v2", "none"),
+        ("m2_teacher", "none"),  # resnet_mbn.py, zero_init_residual=False
+        ("sage", "none"),  # OpenSelfSup ResNet, zero_init_residual=False
+        ("sslight_dino", "none"),  # sslight/backbone/resnet.py default False
+        ("sslight_swav", "none"),
+        ("sslight_mocov2", "none"),
+    ],
+)
+def test_each_method_zero_initialises_residual_blocks_as_its_reference(config_name, expected):
+    from pathlib import Path
+
+    from ssljax import configlib
+    from ssljax.models.backbones import build_backbone
+
+    config = configlib.load(str(Path(__file__).parent.parent / "configs" / f"{config_name}.py"))
+    config.model.name = "resnet18"
+    backbone = build_backbone(config.model, 32, axis_name=None)
+    assert backbone.zero_init_residual == expected
 
 
 def test_blocks_with_identity_shortcut_pass_their_input_through_at_init(tiny18):

@@ -6,6 +6,7 @@ compilation short; the decoder, heads, evaluator loading and engine are the real
 """
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -70,7 +71,14 @@ def test_registered_and_presets_hold_the_papers_values():
     assert imagenet.evaluator.model.name == "resnet50" and imagenet.evaluator.checkpoint is None
     fashion = _config("fashion_mnist")
     byol_fashion = configlib.load(str(CONFIGS / "byol.py:fashion_mnist"))
-    assert fashion.evaluator.model.to_dict() == byol_fashion.model.to_dict()
+    # The same architecture; only the initialisation differs (SaGe's reference ResNet does
+    # not zero-initialise residual BNs, BYOL's does), which a loaded evaluator never sees.
+    evaluator_model, byol_model = fashion.evaluator.model.to_dict(), byol_fashion.model.to_dict()
+    assert (evaluator_model.pop("zero_init_residual"), byol_model.pop("zero_init_residual")) == (
+        "none",
+        "bottleneck",
+    )
+    assert evaluator_model == byol_model
     assert fashion.evaluator.projector.to_dict() == byol_fashion.projector.to_dict()
     assert "configs/byol.py:fashion_mnist" in configlib.load_module(CONFIGS / "sage.py").__doc__
 
@@ -277,3 +285,81 @@ def test_perceptual_command_reports_both_accuracies_and_saves_a_grid(two_stage, 
     assert again["reconstruction"] == result["reconstruction"]
     with pytest.raises(UserError, match="holds a classifier"):
         perceptual.run(argparse.Namespace(**{**vars(args), "classifier_epochs": 2}))
+
+
+def _short_sage(config):
+    """SaGe on 16-px images with one block a stage, run outside the sharded step."""
+    config.bn_group = "local"
+    config.dataset.image_size = 16
+    method = SaGe(config, 10)
+    short = method.online.encoder.clone(stage_sizes=ONE_BLOCK_A_STAGE)
+    method.online = method.online.clone(encoder=short)
+    method.target = method.target.clone(encoder=short)
+    method.evaluator = method.evaluator.clone(
+        encoder=method.evaluator.encoder.clone(stage_sizes=ONE_BLOCK_A_STAGE)
+    )
+    return method
+
+
+def test_evaluator_bn_defaults_to_the_references_batch_statistics_and_is_checked():
+    """The reference's evaluator is a sub-module of the model the runner puts in train
+    mode (`model.train()`): it normalises with batch statistics."""
+    assert _config("imagenet").evaluator.bn == "batch"
+    with pytest.raises(UserError, match="evaluator.bn"):
+        SaGe(_config(checkpoint="random", bn="frozen"), 10)
+
+
+def test_evaluator_normalises_as_evaluator_bn_says_and_never_changes():
+    method = _short_sage(_config(checkpoint="random", bn="batch"))
+    assert method.evaluator_bn == "batch"
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(4, 16, 16, 3)).astype(np.float32)
+    fields = jax.eval_shape(method.init, jax.random.PRNGKey(0), images)
+
+    def features_and_calls(mode):
+        """The features `mode` gives, and the batch sizes of the evaluator passes of one
+        generation loss (traced only)."""
+        method.evaluator_bn, calls = mode, []
+
+        def record(frozen, images):
+            calls.append(images.shape[0])
+            return sage.SaGe.evaluator_features(method, frozen, images)
+
+        method.evaluator_features = record
+        grid, channels = method.decoder.grid, method.online.encoder.num_features
+        feature_map = jax.ShapeDtypeStruct((4, grid, grid, channels), np.float32)
+        jax.eval_shape(
+            lambda p, s, f, m: method.generation_loss(p, s, f, images, m),
+            fields["params"],
+            fields["batch_stats"],
+            fields["frozen"],
+            feature_map,
+        )
+        del method.evaluator_features
+        return calls
+
+    # 'batch': the views and the reconstructions pass separately (own statistics, as the
+    # reference's r_function(img) and r_function(recon)); 'running': one pass over both.
+    assert features_and_calls("batch") == [4, 4]
+    assert features_and_calls("running") == [8]
+
+    @jax.jit
+    def features(frozen, images):
+        out = {}
+        for mode in sage.EVALUATOR_BN:
+            method.evaluator_bn = mode
+            out[mode] = method.evaluator_features(frozen, images)
+        batch, _ = method.evaluator.apply(frozen, images, train=True, mutable=["batch_stats"])
+        running = method.evaluator.apply(frozen, images, train=False)
+        return out, batch, running
+
+    frozen = jax.jit(functools.partial(method.evaluator.init, train=False))(
+        jax.random.PRNGKey(0), images
+    )
+    # Running statistics far from any batch's, so the two modes cannot agree by chance.
+    frozen = {**frozen, "batch_stats": jax.tree.map(lambda s: s + 3.0, frozen["batch_stats"])}
+    ours, batch, running = features(frozen, images)
+    for level in ("layer4", "projection"):
+        np.testing.assert_allclose(ours["batch"][level], batch[level], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ours["running"][level], running[level], rtol=1e-5, atol=1e-6)
+        assert np.abs(batch[level] - running[level]).max() > 1e-3

@@ -51,7 +51,8 @@ def test_registered_and_imagenet_preset_holds_the_papers_numbers():
     assert _config("fashion_mnist").batch_size == 256
 
 
-def test_projector_is_2048_bn_relu_2048_bn_relu_128_on_resnet50():
+def test_projector_is_the_papers_one_hidden_layer_2048_bn_relu_128_on_resnet50():
+    """SimCLR §2.1: g(h) = W2 σ(W1 h); 2048 → 128 as the v1 code (and DetCon A.2) say."""
     method = SimCLR(_config("imagenet"), 10)
     images = jnp.zeros((2, 32, 32, 3))
     params = jax.eval_shape(lambda: method.init(jax.random.PRNGKey(0), images))["params"]
@@ -59,8 +60,6 @@ def test_projector_is_2048_bn_relu_2048_bn_relu_128_on_resnet50():
     assert shapes == {
         "hidden0_dense": {"kernel": (2048, 2048)},
         "hidden0_bn": {"scale": (2048,), "bias": (2048,)},
-        "hidden1_dense": {"kernel": (2048, 2048)},
-        "hidden1_bn": {"scale": (2048,), "bias": (2048,)},
         "out_dense": {"kernel": (2048, 128)},
     }
 

@@ -271,3 +271,11 @@ def test_a_worker_still_running_refuses_a_second_run(fake, tmp_path):
         os.kill(pid, signal.SIGTERM)
     assert first.returncode == 0
     assert second.returncode == 3 and f"still running (pid {pid})" in second.stderr
+
+
+def test_docs_show_the_current_dry_run_session():
+    """docs/tpu.md's session is what scripts/tpu_session_dry_run.sh prints today."""
+    script = ROOT / "scripts" / "tpu_session_dry_run.sh"
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True)
+    docs = (ROOT / "docs" / "tpu.md").read_text()
+    assert docs.split("```text\n")[1].split("```")[0] == out.stdout

@@ -1,4 +1,11 @@
-"""Per-image two-view augmentations in TensorFlow, as in SPEC.md "Two-view augmentation presets".
+"""Per-image two-view augmentations in TensorFlow, each preset as its paper's reference.
+
+Colour jitter comes in two styles, each preset following its own reference code
+(docs/fidelity.md): 'tf' as the TensorFlow/JAX references of BYOL, DetCon and SimCLR
+(additive brightness, per-channel contrast, saturation in HSV), 'torchvision' as
+`torchvision.transforms.ColorJitter` in the PyTorch references of MoCo, Momentum²
+Teacher, SaGe and SSLight (multiplicative brightness, contrast towards the mean gray
+level, saturation towards the gray image). Both apply the four ops in a random order.
 
 Every random draw is stateless and comes from its own seed folded out of the view seed,
 so a view is a pure function of (image, seed): resuming a run or re-deriving a DetCon
@@ -19,7 +26,10 @@ from ssljax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class AugmentPreset:
-    """One row of SPEC.md's preset table; per-view pairs are (view 1, view 2)."""
+    """One augmentation setting; per-view pairs are (view 1, view 2).
+
+    `jitter_style`: 'tf' or 'torchvision' (see the module docstring).
+    """
 
     s_min: float
     p_jit: float
@@ -33,8 +43,10 @@ class AugmentPreset:
     gray_before_jitter: bool = False
     s_max: float = 1.0
     p_flip: float = 0.5
+    jitter_style: str = "tf"
 
 
+JITTER_STYLES = ("tf", "torchvision")
 PRESETS: dict[str, AugmentPreset] = {
     "byol": AugmentPreset(0.08, 0.8, 0.4, 0.4, 0.2, 0.1, 0.2, (1.0, 0.1), (0.0, 0.2)),
     "simclr": AugmentPreset(0.08, 0.8, 0.8, 0.8, 0.8, 0.2, 0.2, (1.0, 0.0), (0.0, 0.0)),
@@ -49,8 +61,11 @@ PRESETS: dict[str, AugmentPreset] = {
         (0.0, 0.0),
         (0.0, 0.0),
         gray_before_jitter=True,
+        jitter_style="torchvision",
     ),
-    "moco_v2": AugmentPreset(0.2, 0.8, 0.4, 0.4, 0.4, 0.1, 0.2, (0.5, 0.5), (0.0, 0.0)),
+    "moco_v2": AugmentPreset(
+        0.2, 0.8, 0.4, 0.4, 0.4, 0.1, 0.2, (0.5, 0.5), (0.0, 0.0), jitter_style="torchvision"
+    ),
 }
 
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
@@ -115,7 +130,12 @@ def preset_from_config(augment_config) -> AugmentPreset:
     unknown = set(overrides) - {f.name for f in dataclasses.fields(AugmentPreset)}
     if unknown:
         raise UserError(f"config.augment has no field(s) {sorted(unknown)}")
-    return dataclasses.replace(preset, **overrides)
+    preset = dataclasses.replace(preset, **overrides)
+    if preset.jitter_style not in JITTER_STYLES:
+        raise UserError(
+            f"config.augment.jitter_style={preset.jitter_style!r}; use one of {JITTER_STYLES}"
+        )
+    return preset
 
 
 def fold_seed(seed: tf.Tensor, data) -> tf.Tensor:
@@ -203,22 +223,91 @@ def jitter_order(seed: tf.Tensor) -> tf.Tensor:
     return tf.argsort(_uniform(fold_seed(seed, _JITTER_ORDER), [4]))
 
 
-def color_jitter(image: tf.Tensor, seed: tf.Tensor, preset: AugmentPreset) -> tf.Tensor:
-    """Brightness, contrast, saturation, hue in a per-image random order; clip after each.
+def _gray_level(image: tf.Tensor) -> tf.Tensor:
+    """[H, W, 1] luma with the grayscale weights (torchvision's `rgb_to_grayscale`)."""
+    return tf.tensordot(image, tf.constant(GRAY_WEIGHTS, image.dtype), axes=[[-1], [0]])[..., None]
 
-    Contrast scales around each channel's mean (`tf.image.adjust_contrast`, as the BYOL
-    reference); hue is a shift on the [0, 1] hue circle.
+
+def brightness_tf(image: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    """x + δ (BYOL/SimCLR reference, `tf.image.adjust_brightness`)."""
+    return image + delta
+
+
+def contrast_tf(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """(x − μ_c)·f + μ_c with μ_c each channel's spatial mean (`tf.image.adjust_contrast`)."""
+    return tf.image.adjust_contrast(image, factor)
+
+
+def saturation_tf(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """HSV saturation × f, clipped to [0, 1] (`tf.image.adjust_saturation`)."""
+    return tf.image.adjust_saturation(image, factor)
+
+
+def hue_shift(image: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    """HSV hue + δ on the [0, 1) circle; TF's and torchvision's `adjust_hue` agree."""
+    return tf.image.adjust_hue(image, delta)
+
+
+def brightness_torchvision(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """f·x (torchvision `adjust_brightness`: a blend with black)."""
+    return image * factor
+
+
+def contrast_torchvision(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """f·x + (1 − f)·m with m the image's mean gray level (torchvision `adjust_contrast`)."""
+    return factor * image + (1.0 - factor) * tf.reduce_mean(_gray_level(image))
+
+
+def saturation_torchvision(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """f·x + (1 − f)·gray(x), per pixel (torchvision `adjust_saturation`)."""
+    return factor * image + (1.0 - factor) * _gray_level(image)
+
+
+def jitter_amounts(u: tf.Tensor, preset: AugmentPreset) -> list[tf.Tensor]:
+    """Brightness, contrast, saturation, hue amounts from u ~ U[−1, 1]^4.
+
+    'tf': δ_b ~ U[−b, b], contrast and saturation factors ~ U[1 − s, 1 + s] (BYOL's
+    `_random_*`); 'torchvision': every factor ~ U[max(0, 1 − s), 1 + s] (ColorJitter's
+    `_check_input`). The hue shift is ~ U[−h, h] in both.
     """
-    u = _uniform(fold_seed(seed, _JITTER_FACTORS), [4], -1.0, 1.0)
-    delta = u[0] * preset.brightness
-    contrast = 1.0 + u[1] * preset.contrast
-    saturation = 1.0 + u[2] * preset.saturation
-    hue = u[3] * preset.hue
+    if preset.jitter_style == "tf":
+        return [
+            u[0] * preset.brightness,
+            1.0 + u[1] * preset.contrast,
+            1.0 + u[2] * preset.saturation,
+            u[3] * preset.hue,
+        ]
+
+    def factor(v, strength):
+        low = max(0.0, 1.0 - strength)
+        return low + (v + 1.0) / 2.0 * (1.0 + strength - low)
+
+    return [
+        factor(u[0], preset.brightness),
+        factor(u[1], preset.contrast),
+        factor(u[2], preset.saturation),
+        u[3] * preset.hue,
+    ]
+
+
+JITTER_OPS = {
+    "tf": (brightness_tf, contrast_tf, saturation_tf, hue_shift),
+    "torchvision": (
+        brightness_torchvision,
+        contrast_torchvision,
+        saturation_torchvision,
+        hue_shift,
+    ),
+}
+
+
+def color_jitter(image: tf.Tensor, seed: tf.Tensor, preset: AugmentPreset) -> tf.Tensor:
+    """Brightness, contrast, saturation, hue in a per-image random order; clip after each
+    (both references clip every op to [0, 1]), in the preset's `jitter_style`."""
+    amounts = jitter_amounts(_uniform(fold_seed(seed, _JITTER_FACTORS), [4], -1.0, 1.0), preset)
     ops = [
-        lambda x: tf.image.adjust_brightness(x, delta),
-        lambda x: tf.image.adjust_contrast(x, contrast),
-        lambda x: tf.image.adjust_saturation(x, saturation),
-        lambda x: tf.image.adjust_hue(x, hue),
+        lambda x, op=op, amount=amount: op(x, amount)
+        for op, amount in zip(JITTER_OPS[preset.jitter_style], amounts, strict=True)
     ]
     order = jitter_order(seed)
     for i in range(4):

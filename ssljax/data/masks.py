@@ -3,7 +3,8 @@
 A mask is an int32 [H, W] map of segment ids over an image's full resolution. Each view
 gets its image's crop window and flip with nearest-neighbour resizing (`augment_view`'s
 `extra` maps), is pooled to the encoder's g×g feature grid by per-cell majority, and R
-ids are sampled among the segments that own a cell (SPEC.md "DetCon_S / DetCon_B").
+ids are sampled per view among the segments that own a cell in that view (DetCon,
+Hénaff et al. 2021, §3.2; docs/fidelity.md).
 Ids stay int32 end to end: the DetCon reference stores uint8 and wraps above 255.
 
 Felzenszwalb–Huttenlocher (FH) masks are expensive, so a large dataset's are computed
@@ -23,8 +24,6 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ssljax.data.fh import FHParams, fh_masks
 from ssljax.errors import UserError
 
@@ -38,21 +37,6 @@ if TYPE_CHECKING:
 KINDS = ("none", "fh", "grid", "global", "ground_truth")  # ground_truth: COCO panoptic
 # Seed folds of one example; the views use 0 and 1 (`augment.two_views`).
 _SAMPLE_IDS, _PICK_SCALE = 2, 3
-
-
-# ---- Masks of one image ------------------------------------------------------------
-
-
-def grid_mask(height: int, width: int, n: int) -> np.ndarray:
-    """n×n blocks of (nearly) equal size, ids row-major 0..n²−1 (§3.2 spatial heuristic)."""
-    rows = np.arange(height) * n // height
-    cols = np.arange(width) * n // width
-    return (rows[:, None] * n + cols[None, :]).astype(np.int32)
-
-
-def global_mask(height: int, width: int) -> np.ndarray:
-    """One segment over the whole image: DetCon with it is SimCLR / BYOL (§3.1)."""
-    return np.zeros((height, width), np.int32)
 
 
 # ---- Views and the batch contract (tf.data) --------------------------------------
@@ -80,27 +64,37 @@ def majority_pool(mask: Tensor, grid: int) -> Tensor:
     return tf.reshape(tf.gather(ids, winner), [grid, grid])
 
 
+SAMPLINGS = ("independent", "shared")
+
+
 def sample_ids(
-    mask1: Tensor, mask2: Tensor, seed: Tensor, num_samples: int
+    mask1: Tensor, mask2: Tensor, seed: Tensor, num_samples: int, sampling: str = "independent"
 ) -> tuple[Tensor, Tensor]:
     """`num_samples` ids per view, uniform with replacement among the ids owning a cell.
 
-    Drawn from the ids present in both views when there are any (then ids1 == ids2), else
-    each view from its own ids (ids absent from the other view get weight 0 in the loss).
-    A pure function of `seed`.
+    'independent' (the DetCon reference, `detcon_b.py` `sample_masks`, which takes a fresh
+    rng key per view): each view draws with its own seed among every id present in that
+    view, so some draws have no positive in the other view (weight 0 in the loss, still
+    negatives) and ids seen in one view only are drawn. 'shared' (an earlier ssljax
+    default): one draw among the ids present in both views, used for both (ids1 == ids2);
+    each view from its own ids when they share none. A pure function of `seed`.
     """
     import tensorflow as tf
 
+    if sampling not in SAMPLINGS:
+        raise UserError(f"masks.sampling={sampling!r}; use one of {', '.join(SAMPLINGS)}")
     present1 = tf.sort(tf.unique(tf.reshape(mask1, [-1]))[0])
     present2 = tf.sort(tf.unique(tf.reshape(mask2, [-1]))[0])
-    in2 = tf.reduce_any(present1[:, None] == present2[None, :], axis=1)
-    in1 = tf.reduce_any(present2[:, None] == present1[None, :], axis=1)
-    has_shared = tf.reduce_any(in2)
-    # With shared ids both pools are the same sorted shared ids and one seed draws both.
-    pool1 = tf.boolean_mask(present1, in2 | ~has_shared)
-    pool2 = tf.boolean_mask(present2, in1 | ~has_shared)
     seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
-    seed2 = tf.where(has_shared, seed1, seed2)
+    pool1, pool2 = present1, present2
+    if sampling == "shared":
+        in2 = tf.reduce_any(present1[:, None] == present2[None, :], axis=1)
+        in1 = tf.reduce_any(present2[:, None] == present1[None, :], axis=1)
+        has_shared = tf.reduce_any(in2)
+        # With shared ids both pools are the same sorted shared ids and one seed draws both.
+        pool1 = tf.boolean_mask(present1, in2 | ~has_shared)
+        pool2 = tf.boolean_mask(present2, in1 | ~has_shared)
+        seed2 = tf.where(has_shared, seed1, seed2)
 
     def draw(pool, draw_seed):
         size = tf.size(pool)
@@ -119,9 +113,11 @@ def views_with_masks(
     out_size: int,
     grid: int,
     num_samples: int,
+    sampling: str = "independent",
 ) -> dict[str, Tensor]:
     """The two views of `augment.two_views` (same seeds, same pixels) and the contract's
-    mask1/mask2 (int32 [g, g]) and ids1/ids2 (int32 [R]); `mask` is int32 [H, W, 1]."""
+    mask1/mask2 (int32 [g, g]) and ids1/ids2 (int32 [R], drawn by `sample_ids` with
+    `sampling`); `mask` is int32 [H, W, 1]."""
     import tensorflow as tf
 
     from ssljax.data import augment
@@ -135,7 +131,7 @@ def views_with_masks(
         out[f"view{view + 1}"] = image_view
         out[f"mask{view + 1}"] = majority_pool(mask_view[..., 0], grid)
     out["ids1"], out["ids2"] = sample_ids(
-        out["mask1"], out["mask2"], augment.fold_seed(seed, _SAMPLE_IDS), num_samples
+        out["mask1"], out["mask2"], augment.fold_seed(seed, _SAMPLE_IDS), num_samples, sampling
     )
     return out
 

@@ -1,7 +1,7 @@
 """Multi-crop views (Caron et al. 2020) with the view-sampling knobs of SSLight.
 
 Tan, Saleh, Martinez, "Improving the generalization of supervised/self-supervised
-low-compute models by view sampling" (ICLR 2023; SPEC.md "Low-compute view sampling"):
+low-compute models by view sampling" (ICLR 2023; docs/fidelity.md):
 N_g global crops of GC² pixels (GC = `config.dataset.image_size`) with area fraction in
 (S_g, 1), N_l local crops of LC² pixels from (0.05, S_l), each cropped by the same
 torchvision rule as the two-view presets (`augment.crop_window`), then flip, colour
@@ -161,32 +161,6 @@ def multicrop_views(
         "local": tf.stack(views[n:]),
         "pixel_scale_ratio": tf.cast(ratio, tf.float32),
     }
-
-
-def sample_pixel_scale_ratios(
-    geometry: MultiCrop, image_shape: tuple[int, int], num_images: int = 2000, seed: int = 0
-) -> np.ndarray:
-    """The pixel-scale ratio of each of `num_images` H×W images whose seeds are
-    `fold_seed([seed, 0], i)`: the crop windows `multicrop_views` draws for those seeds
-    (same streams, same rule), without rendering the views. Float32 [num_images]."""
-    global_presets, local_preset = crop_presets(augment.PRESETS["byol"], geometry)
-    shape = tf.constant([image_shape[0], image_shape[1], 3])
-
-    def window(image_seed, crop, preset):
-        view_seed = crop_seed(image_seed, crop)
-        crop_stream = augment.fold_seed(view_seed, augment.CROP_STREAM)
-        return tf.stack(augment.crop_window(shape, crop_stream, preset.s_min, preset.s_max))
-
-    @tf.function
-    def one(index):
-        image_seed = augment.fold_seed(tf.constant([seed, 0], tf.int64), index)
-        n = geometry.num_global
-        g = tf.stack([window(image_seed, i, global_presets[i]) for i in range(n)])
-        loc = tf.stack([window(image_seed, n + j, local_preset) for j in range(geometry.num_local)])
-        return pixel_scale_ratio(g, loc, geometry.global_size, geometry.local_size)
-
-    ratios = tf.data.Dataset.range(num_images).map(one).batch(num_images).get_single_element()
-    return ratios.numpy()
 
 
 def _accepted_area_moments(

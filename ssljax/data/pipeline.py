@@ -161,7 +161,8 @@ def _example_fn(config, info, builder, mask_source=None):
         else:
             mask = mask_source.mask(example, image, seed)
             grid, samples = config.masks.grid, config.masks.num_samples
-            out = masks.views_with_masks(image, mask, seed, preset, size, grid, samples)
+            sampling = config.masks.get("sampling", "independent")
+            out = masks.views_with_masks(image, mask, seed, preset, size, grid, samples, sampling)
         if info.label_key is not None:
             out["label"] = tf.cast(example[info.label_key], tf.int32)
         return out

@@ -24,17 +24,28 @@ from ssljax.train_state import TrainState
 
 
 class SiameseNetwork(nn.Module):
-    """encoder → projector (→ predictor). Online and target share the first two names."""
+    """encoder → projector (→ predictor). Online and target share the first two names.
+
+    The projector's output is `outputs[head_output]`: 'projection' for an embedding
+    (BYOL, SimCLR, MoCo), a name for what else a head computes (DINO's 'logits'); with
+    `head_output=None` the head returns a dict of named outputs (SwAV's 'embedding' and
+    'scores'), merged into the outputs.
+    """
 
     encoder: nn.Module
     projector: nn.Module
     predictor: nn.Module | None = None
+    head_output: str | None = "projection"
 
     def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
         outputs = dict(self.encoder(images, train=train))
-        outputs["projection"] = self.projector(outputs["pooled"], train=train)
+        head = self.projector(outputs["pooled"], train=train)
+        if self.head_output is None:
+            outputs.update(head)
+        else:
+            outputs[self.head_output] = head
         if self.predictor is not None:
-            outputs["prediction"] = self.predictor(outputs["projection"], train=train)
+            outputs["prediction"] = self.predictor(outputs[self.head_output], train=train)
         return outputs
 
 

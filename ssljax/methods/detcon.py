@@ -121,6 +121,11 @@ def check_masks_config(config: ml_collections.ConfigDict, encoder: nn.Module) ->
             f"{config.dataset.image_size} px has a {grid}×{grid} layer4 grid; "
             f"set --config.masks.grid={grid}"
         )
+    sampling = masks.get("sampling", "independent")
+    if sampling not in ("independent", "shared"):
+        raise UserError(
+            f"masks.sampling={sampling!r}; use 'independent' (the reference) or 'shared'"
+        )
 
 
 def mask_metrics(ids1: jax.Array, ids2: jax.Array) -> dict[str, jax.Array]:

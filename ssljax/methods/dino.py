@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax import losses
-from ssljax.methods import multicrop
+from ssljax.methods import crop_forward
 from ssljax.methods.base import EmaTargetMethod, SiameseNetwork, build_encoder
 from ssljax.models.norm import BatchNorm
 from ssljax.sharding import DATA_AXIS
@@ -95,13 +95,13 @@ class Dino(EmaTargetMethod):
             norm_last_layer=dino.norm_last_layer,
             bn=partial(BatchNorm, group=config.bn_group, axis_name=DATA_AXIS),
         )
-        self.online = SiameseNetwork(build_encoder(config), head)
+        self.online = SiameseNetwork(build_encoder(config), head, head_output="logits")
         self.target = self.online
         self.per_crop_bn = config.multicrop.per_crop_bn
-        self.warmup_steps = multicrop.epochs_to_steps(
+        self.warmup_steps = crop_forward.epochs_to_steps(
             dino.warmup_teacher_temperature_epochs, total_steps, config
         )
-        self.freeze_steps = multicrop.epochs_to_steps(
+        self.freeze_steps = crop_forward.epochs_to_steps(
             dino.freeze_last_layer_epochs, total_steps, config
         )
 
@@ -122,24 +122,26 @@ class Dino(EmaTargetMethod):
 
     def loss(self, params, state, batch, rng):
         dino = self.config.dino
-        frozen = state.step < self.freeze_steps
-        student_params = multicrop.freeze_params(params, HEAD, "last_layer", frozen)
-        keys = ("pooled", "projection")
-        student, stats = multicrop.apply_all_crops(
+        last_layer_held = state.step < self.freeze_steps
+        student_params = crop_forward.without_gradient_while(
+            params, HEAD, "last_layer", last_layer_held
+        )
+        keys = ("pooled", "logits")
+        student, stats = crop_forward.apply_all_crops(
             self.online, student_params, state.batch_stats, batch, self.per_crop_bn, keys
         )
-        teacher, target_stats = multicrop.apply_crops(
+        teacher, target_stats = crop_forward.apply_crops(
             self.target,
             state.target_params,
             state.target_batch_stats,
-            multicrop.crops_first(batch["global"]),
+            crop_forward.crops_first(batch["global"]),
             self.per_crop_bn,
-            ("projection",),
+            ("logits",),
         )
-        teacher_logits = jax.lax.stop_gradient(teacher["projection"].astype(jnp.float32))
+        teacher_logits = jax.lax.stop_gradient(teacher["logits"].astype(jnp.float32))
         temperature = self.teacher_temperature(state.step)
         loss = losses.dino_loss(
-            student["projection"],
+            student["logits"],
             teacher_logits,
             state.center,
             dino.student_temperature,
@@ -155,7 +157,7 @@ class Dino(EmaTargetMethod):
             "updates": {"batch_stats": stats, "target_batch_stats": target_stats, "center": center},
             "features": student["pooled"][0],
             "metrics": {
-                **multicrop.multicrop_metrics(batch),
+                **crop_forward.multicrop_metrics(batch),
                 # log K for a uniform (collapsed by flattening) teacher, 0 for one-hot.
                 "teacher_entropy": jnp.mean(entropy),
             },

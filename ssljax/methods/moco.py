@@ -77,11 +77,6 @@ def enqueue(queue: dict[str, jax.Array], keys: jax.Array) -> dict[str, jax.Array
     return {"keys": new_keys, "ptr": ((ptr + batch) % size).astype(jnp.int32)}
 
 
-def queue_in_order(queue: dict[str, jax.Array]) -> jax.Array:
-    """The queue's keys oldest first (the row at `ptr` is the next to be replaced)."""
-    return jnp.roll(queue["keys"], -queue["ptr"], axis=0)
-
-
 def check_shuffle_groups(batch_size: int, group_size: int) -> int:
     """The number of BN groups G of a batch; shuffle BN needs G ≥ 3 equal groups."""
     groups = batch_size // group_size

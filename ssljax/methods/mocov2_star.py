@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax import losses
-from ssljax.methods import multicrop
+from ssljax.methods import crop_forward
 from ssljax.methods.moco import MoCo, enqueue
 from ssljax.models.momentum_norm import MOMENTUM_STATS
 
@@ -22,16 +22,16 @@ from ssljax.models.momentum_norm import MOMENTUM_STATS
 class MoCoV2Star(MoCo):
     def loss(self, params, state, batch, rng):
         per_crop_bn = self.config.multicrop.per_crop_bn
-        crops = multicrop.crops_first(batch["global"])
+        crops = crop_forward.crops_first(batch["global"])
         keys_out = ("pooled", "projection")
-        global_queries, stats = multicrop.apply_crops(
+        global_queries, stats = crop_forward.apply_crops(
             self.online, params, state.batch_stats, crops[1:], per_crop_bn, keys_out
         )
-        local_queries, stats = multicrop.apply_crops(
+        local_queries, stats = crop_forward.apply_crops(
             self.online,
             params,
             stats,
-            multicrop.crops_first(batch["local"]),
+            crop_forward.crops_first(batch["local"]),
             per_crop_bn,
             keys_out,
         )
@@ -61,7 +61,7 @@ class MoCoV2Star(MoCo):
             },
             "features": global_queries["pooled"][0],
             "metrics": {
-                **multicrop.multicrop_metrics(batch),
+                **crop_forward.multicrop_metrics(batch),
                 "contrast_top1": jnp.mean(positive > jnp.max(q @ negatives.T, axis=-1)),
                 "global_pair_loss": per_query[0],
             },

@@ -3,9 +3,13 @@
 Online: BYOL's encoder → projector → predictor, and a decoder (`ssljax.models.decoder`)
 from the encoder's final feature map back to the image. Target: BYOL's EMA of encoder and
 projector. Evaluator h_G: a frozen, label-free network — the encoder and projector of an
-ssljax checkpoint (`config.evaluator.checkpoint`), run in inference mode (running BN
-statistics). It lives in `TrainState.frozen`: outside `params`, so no optimiser, EMA or
-BN update touches it, and the loss stops its gradient.
+ssljax checkpoint (`config.evaluator.checkpoint`). It lives in `TrainState.frozen`:
+outside `params`, so no optimiser, EMA or BN update touches it, and the loss stops its
+gradient. `config.evaluator.bn` chooses its BN statistics: 'batch' (default, as the
+reference, whose evaluator is a sub-module of the model the runner puts in train mode:
+statistics of the batch it is shown, over the run's `bn_group`; the real views and the
+reconstructions pass separately, so each is normalised with its own statistics) or
+'running' (inference mode: the checkpoint's running statistics, one pass over both).
 
 Per view v, reconstructed from its own encoding (§3.4): x̃ = D(f(v)) in [−1, 1], and
 L_G(v) = `losses.sage_generation_loss` between 2v − 1 and x̃ in pixels and between h_G(v)
@@ -59,6 +63,7 @@ from ssljax.sharding import DATA_AXIS
 
 LEVELS = ("projection", "layer4", "layer3", "layer2")  # the evaluator's outputs L_G reads
 RANDOM_EVALUATOR = "random"
+EVALUATOR_BN = ("batch", "running")
 
 
 def generation_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -70,12 +75,26 @@ def generation_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
     return weights
 
 
+def evaluator_bn(config: ml_collections.ConfigDict) -> str:
+    """`config.evaluator.bn`, checked: 'batch' (the reference) or 'running'."""
+    mode = config.evaluator.get("bn", "batch")
+    if mode not in EVALUATOR_BN:
+        raise UserError(f"config.evaluator.bn={mode!r}; use one of {', '.join(EVALUATOR_BN)}")
+    return mode
+
+
 def build_evaluator(config: ml_collections.ConfigDict) -> SiameseNetwork:
-    """Encoder + projector of `config.evaluator.model` / `.projector`, for inference only."""
+    """Encoder + projector of `config.evaluator.model` / `.projector`; with batch
+    statistics (`evaluator.bn='batch'`) they are taken over the run's `bn_group`."""
     view = copy.deepcopy(config)
     view.model = config.evaluator.model
-    encoder = build_encoder(view, bn_group="local", axis_name=None)
-    return SiameseNetwork(encoder, build_mlp(config.evaluator.projector, "local", axis_name=None))
+    if evaluator_bn(config) == "batch":
+        group, axis_name = parse_bn_group(config.bn_group), DATA_AXIS
+    else:
+        group, axis_name = "local", None
+    encoder = build_encoder(view, bn_group=group, axis_name=axis_name)
+    projector = build_mlp(config.evaluator.projector, group, axis_name=axis_name)
+    return SiameseNetwork(encoder, projector)
 
 
 def with_unit_bn_scales(variables: Any) -> Any:
@@ -206,6 +225,7 @@ class SaGe(Byol):
         )
         self.decoder.up_block_channels()  # a decoder too short for the image fails here
         uses_evaluator = any(self.weights[level] for level in LEVELS)
+        self.evaluator_bn = evaluator_bn(config)
         self.evaluator = build_evaluator(config) if uses_evaluator else None
 
     def init(self, rng, images):
@@ -245,8 +265,14 @@ class SaGe(Byol):
         return evaluator_variables(self.config, self.evaluator, state.params, state.batch_stats)
 
     def evaluator_features(self, frozen, images):
-        """h_G's outputs on `images` in [0, 1], in inference mode, without gradient to h_G."""
-        return self.evaluator.apply(jax.lax.stop_gradient(frozen), images, train=False)
+        """h_G's outputs on `images` in [0, 1] without gradient to h_G's variables: with the
+        batch's BN statistics (`evaluator.bn='batch'`; the updated running statistics are
+        dropped, h_G never changes) or its running ones."""
+        frozen = jax.lax.stop_gradient(frozen)
+        if self.evaluator_bn == "running":
+            return self.evaluator.apply(frozen, images, train=False)
+        outputs, _ = self.evaluator.apply(frozen, images, train=True, mutable=["batch_stats"])
+        return outputs
 
     def reconstruct(self, params, stats, feature_map, train=True):
         """D(f(v)): the decoder's image in [−1, 1] (and its updated BN statistics)."""
@@ -265,11 +291,17 @@ class SaGe(Byol):
         features, reconstruction_features = {}, {}
         if self.evaluator is not None:
             shown = (reconstruction + 1) / 2
-            both = self.evaluator_features(frozen, jnp.concatenate([view, shown]))
-            b = view.shape[0]
+            if self.evaluator_bn == "batch":  # two passes, each batch its own statistics
+                real = self.evaluator_features(frozen, view)
+                fake = self.evaluator_features(frozen, shown)
+            else:
+                both = self.evaluator_features(frozen, jnp.concatenate([view, shown]))
+                real, fake = {}, {}
+                for level in both:
+                    real[level], fake[level] = jnp.split(both[level], [view.shape[0]])
             for level in LEVELS:
-                if level in both:
-                    features[level], reconstruction_features[level] = jnp.split(both[level], [b])
+                if level in real:
+                    features[level], reconstruction_features[level] = real[level], fake[level]
         value, terms = losses.sage_generation_loss(
             2.0 * view - 1.0, reconstruction, features, reconstruction_features, self.weights
         )

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from ssljax import losses
 from ssljax.errors import UserError
-from ssljax.methods import multicrop
+from ssljax.methods import crop_forward
 from ssljax.methods.base import Method, SiameseNetwork, build_encoder, build_mlp
 from ssljax.models.heads import MLP
 from ssljax.sharding import DATA_AXIS
@@ -76,10 +76,10 @@ class SwAV(Method):
             last_bias=config.projector.last_bias,
         )
         head = SwavHead(projector, swav.num_prototypes)
-        self.online = SiameseNetwork(build_encoder(config), head)
+        self.online = SiameseNetwork(build_encoder(config), head, head_output=None)
         self.per_crop_bn = config.multicrop.per_crop_bn
-        self.queue_start = multicrop.epochs_to_steps(swav.queue_start_epoch, total_steps, config)
-        self.freeze_steps = multicrop.epochs_to_steps(
+        self.queue_start = crop_forward.epochs_to_steps(swav.queue_start_epoch, total_steps, config)
+        self.freeze_steps = crop_forward.epochs_to_steps(
             swav.freeze_prototypes_epochs, total_steps, config
         )
 
@@ -146,17 +146,17 @@ class SwAV(Method):
 
     def loss(self, params, state, batch, rng):
         swav = self.config.swav
-        frozen = state.step < self.freeze_steps
-        params = multicrop.freeze_params(params, HEAD, "prototypes", frozen)
-        out, stats = multicrop.apply_all_crops(
+        prototypes_held = state.step < self.freeze_steps
+        params = crop_forward.without_gradient_while(params, HEAD, "prototypes", prototypes_held)
+        out, stats = crop_forward.apply_all_crops(
             self.online,
             params,
             state.batch_stats,
             batch,
             self.per_crop_bn,
-            ("pooled", "projection"),
+            ("pooled", "scores", "embedding"),
         )
-        scores, embeddings = out["projection"]["scores"], out["projection"]["embedding"]
+        scores, embeddings = out["scores"], out["embedding"]
         assigned = swav.crops_for_assign
         prototypes = jax.lax.stop_gradient(params[HEAD]["prototypes"]["kernel"])
         codes = self._codes(jax.lax.stop_gradient(scores[:assigned]), state.queue, prototypes)
@@ -168,7 +168,7 @@ class SwAV(Method):
             self.config.multicrop.alpha,
         )
         queue = self._enqueue(state.queue, jax.lax.stop_gradient(embeddings[:assigned]), state.step)
-        metrics = multicrop.multicrop_metrics(batch)
+        metrics = crop_forward.multicrop_metrics(batch)
         if queue is not None:
             metrics["queue_in_use"] = (state.queue["filled"] >= swav.queue_length).astype(
                 jnp.float32

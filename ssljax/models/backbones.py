@@ -35,7 +35,12 @@ def build_backbone(
     bn = {"bn_group": bn_group, "axis_name": axis_name, "bn_momentum": model.bn_momentum}
     if model.name in RESNET_DEPTHS:
         return build_resnet(
-            model.name, width=model.width, small_stem=model.small_stem, dtype=dtype, **bn
+            model.name,
+            width=model.width,
+            small_stem=model.small_stem,
+            dtype=dtype,
+            zero_init_residual=model.get("zero_init_residual", "all"),
+            **bn,
         )
     if model.name == "mobilenet_v2":
         return build_mobilenet_v2(width=model.width, small_stem=model.small_stem, dtype=dtype, **bn)

@@ -4,7 +4,7 @@ One MLP covers the usual heads by its fields:
 
 - BYOL projector and predictor: ``MLP([4096], 256)`` (Linear → BN → ReLU → Linear, the last
   without bias);
-- SimCLR projector: ``MLP([2048, 2048], 128)``;
+- SimCLR projector: ``MLP([2048], 128)`` (SimCLR v2: ``MLP([2048, 2048], 128)``);
 - MoCo v2 projector: ``MLP([2048], 128, use_bn=False, last_bias=True)``.
 
 Dense layers use flax's default init (truncated-normal LeCun kernel, variance 1/fan_in;

@@ -78,14 +78,22 @@ def conv(
     )
 
 
+ZERO_INIT_RESIDUAL = ("all", "bottleneck", "none")
+
+
 class ResidualBlock(nn.Module):
-    """A basic (two 3×3) or bottleneck (1×1, 3×3, 1×1) block; `planes` is the inner width."""
+    """A basic (two 3×3) or bottleneck (1×1, 3×3, 1×1) block; `planes` is the inner width.
+
+    `zero_init_last_bn` starts the block's last BN scale at 0, so the block starts as
+    its shortcut (Goyal et al. 2017).
+    """
 
     planes: int
     stride: int
     bottleneck: bool
     bn: Callable[..., nn.Module]
     dtype: Any = jnp.float32
+    zero_init_last_bn: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -101,7 +109,8 @@ class ResidualBlock(nn.Module):
         for i, (features, kernel, stride) in enumerate(plan, start=1):
             y = conv(features, kernel, stride, f"conv{i}", self.dtype)(y)
             last = i == len(plan)
-            bn_kwargs = {"scale_init": nn.initializers.zeros} if last else {}
+            zero = last and self.zero_init_last_bn
+            bn_kwargs = {"scale_init": nn.initializers.zeros} if zero else {}
             y = self.bn(name=f"bn{i}", **bn_kwargs)(y, train=train)
             if not last:
                 y = nn.relu(y)
@@ -119,6 +128,11 @@ class ResNet(nn.Module):
     `bn` is a factory (e.g. ``functools.partial(BatchNorm, group='sync')``) that must accept
     ``name`` and ``scale_init``. Feature maps are in `dtype`; 'pooled' is float32 because
     it averages many values and feeds float32 heads. Parameters are always float32.
+
+    `zero_init_residual` says which blocks start with a zero last-BN scale, as each
+    reference does: 'all' (SimCLR's TF ResNet), 'bottleneck' (Haiku's ResNet, used by
+    BYOL and DetCon: bottleneck blocks only) or 'none' (torchvision's default, used by
+    MoCo, Momentum² Teacher, SaGe and SSLight).
     """
 
     stage_sizes: Sequence[int]
@@ -129,6 +143,7 @@ class ResNet(nn.Module):
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     dtype: Any = jnp.float32
+    zero_init_residual: str = "all"
 
     @property
     def stem_width(self) -> int:
@@ -175,6 +190,14 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+        if self.zero_init_residual not in ZERO_INIT_RESIDUAL:
+            raise UserError(
+                f"model.zero_init_residual={self.zero_init_residual!r}; use one of "
+                f"{', '.join(ZERO_INIT_RESIDUAL)}"
+            )
+        zero_init_last_bn = self.zero_init_residual == "all" or (
+            self.zero_init_residual == "bottleneck" and self.bottleneck
+        )
         if len(self.stage_sizes) != len(LAYERS):
             raise UserError(f"ResNet needs 4 stage sizes, got {list(self.stage_sizes)}")
         chex.assert_rank(x, 4)
@@ -202,6 +225,7 @@ class ResNet(nn.Module):
                     bottleneck=self.bottleneck,
                     bn=self.bn,
                     dtype=self.dtype,
+                    zero_init_last_bn=zero_init_last_bn,
                     name=f"{layer}_block{block}",
                 )(x, train=train)
             features[layer] = x
@@ -217,6 +241,7 @@ def build_resnet(
     axis_name: str | None = DATA_AXIS,
     bn_momentum: float = 0.9,
     dtype: Any = jnp.float32,
+    zero_init_residual: str = "all",
 ) -> ResNet:
     """The ResNet called `name` (resnet18 … resnet200) with our batch norm."""
     if name not in RESNET_DEPTHS:
@@ -234,4 +259,5 @@ def build_resnet(
         small_stem=small_stem,
         bn=bn,
         dtype=dtype,
+        zero_init_residual=zero_init_residual,
     )

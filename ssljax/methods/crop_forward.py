@@ -6,7 +6,7 @@ first, [N, b, …], and their outputs keep it, so a loss indexes crops as
 `ssljax.losses.rebalanced_multicrop_loss` does: globals 0..N_g−1, then the locals.
 
 Batch statistics (`config.multicrop.per_crop_bn`): True (default) normalises each crop
-with its own statistics, as SPEC.md asks of every view (the network is vmapped over the
+with its own statistics, as two-view methods normalise every view (the network is vmapped over the
 crop axis, one compiled body for all crops of a resolution); False normalises all crops
 of one resolution together, as the DINO/SwAV/SSLight code does (its MultiCropWrapper
 concatenates same-size crops into one forward pass).
@@ -49,7 +49,14 @@ def apply_crops(
 ) -> tuple[dict[str, jax.Array], Any]:
     """The outputs named `keys` of `module` on crops [N, b, H, W, 3], as [N, b, …] (each
     leaf of a dict output), and the updated running statistics (with per-crop BN: the
-    mean of the N crops' updates)."""
+    mean of the N crops' updates). With N = 0 (no local crops) nothing runs: empty outputs
+    and the statistics as they were."""
+    if crops.shape[0] == 0:
+        one = jax.eval_shape(
+            lambda images: _apply(module, params, batch_stats, images)[0],
+            jax.ShapeDtypeStruct(crops.shape[1:], crops.dtype),
+        )
+        return {k: jnp.zeros((0,) + one[k].shape, one[k].dtype) for k in keys}, batch_stats
     if per_crop_bn:
 
         def one_crop(images):
@@ -84,9 +91,10 @@ def apply_all_crops(
     ), stats
 
 
-def freeze_params(params: Any, top: str, name: str, frozen: jax.Array) -> Any:
+def without_gradient_while(params: Any, top: str, name: str, held: jax.Array) -> Any:
     """`params` with the gradient of every leaf under `params[top]` in a module called
-    `name` cut while `frozen` (DINO's frozen last layer, SwAV's frozen prototypes).
+    `name` cut while `held` (DINO's last layer and SwAV's prototypes in their first epoch;
+    not to be confused with `TrainState.frozen`, networks that are never trained).
 
     The values are unchanged; only the gradient is zero. Weight decay still reaches the
     leaves, where PyTorch's optimisers skip a parameter whose gradient is None.
@@ -95,7 +103,7 @@ def freeze_params(params: Any, top: str, name: str, frozen: jax.Array) -> Any:
     def maybe_stop(path, leaf):
         names = [str(getattr(p, "key", p)) for p in path]
         if name in names:
-            return jnp.where(frozen, jax.lax.stop_gradient(leaf), leaf)
+            return jnp.where(held, jax.lax.stop_gradient(leaf), leaf)
         return leaf
 
     return {**params, top: jax.tree_util.tree_map_with_path(maybe_stop, params[top])}
