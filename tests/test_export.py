@@ -104,7 +104,8 @@ def runs(trained_run, tmp_path_factory):
             state = jax.device_get(run.init(run.rngs()[0]))
             fields = ("params", "batch_stats", "target_params", "target_batch_stats")
             state = state.replace(
-                **{f: _randomised(getattr(state, f), i) for i, f in enumerate(fields)}
+                step=np.ones_like(state.step),  # as after one step
+                **{f: _randomised(getattr(state, f), i) for i, f in enumerate(fields)},
             )
             checkpointer = Checkpointer(workdir / "checkpoints", asynchronous=False)
             checkpointer.save(1, jax.device_put(state, run.replicated), force=True)
