@@ -16,7 +16,7 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from ssljax import engine
+from ssljax import engine, files
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
@@ -97,7 +97,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if path.exists():
-        differences = config_differences(json.loads(path.read_text()), json.loads(text))
+        differences = config_differences(_read_json(path), json.loads(text))
         if differences:
             raise UserError(
                 f"{workdir} holds a run with a different config ({path}: "
@@ -106,7 +106,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
             )
         return
     if jax.process_index() == 0:
-        path.write_text(text + "\n")
+        files.write_text(path, text + "\n")
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -136,7 +136,16 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     path = Path(workdir) / "config.json"
     if not path.exists():
         raise UserError(f"{path} not found: is {workdir} the --workdir of a training run?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(_read_json(path))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(
+            f"{path} is corrupt ({e}); restore it from a copy, or start a new --workdir"
+        ) from None
 
 
 def restore_or_init(run: Run, checkpointer: Checkpointer, step: int | None = None) -> TrainState:

@@ -24,7 +24,7 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from ssljax import engine, train
+from ssljax import engine, files, train
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
@@ -146,10 +146,7 @@ def _read_cache(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray] |
 def _write_cache(path: Path, fingerprint: str, features: np.ndarray, labels: np.ndarray):
     buffer = io.BytesIO()
     np.savez(buffer, features=features, labels=labels, fingerprint=np.array(fingerprint))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    files.write_bytes(path, buffer.getvalue())
 
 
 def cached_features(
