@@ -102,8 +102,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 )
                 continue
             raise UserError(
-                f"line {number} of {path} is not JSON ({line[:60]!r}); delete that line "
-                "to go on"
+                f"line {number} of {path} is not JSON ({line[:60]!r}); delete that line to go on"
             ) from None
     return rows
 
