@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import shlex
 import sys
 import time
@@ -181,8 +182,20 @@ def _out_of_time(deadline: float | None, step: int, every: int) -> bool:
 
 
 def _check_workdir(workdir: Path) -> None:
+    """Refuse a workdir that is a file or (locally) cannot be created or written."""
     if workdir.exists() and not workdir.is_dir():
         raise UserError(f"--workdir={workdir} is a file, not a directory; choose another --workdir")
+    if "://" in str(workdir):
+        return  # object stores: write permission shows on the first write
+    existing = workdir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "is a file" if not existing.is_dir() else "is not writable"
+        raise UserError(
+            f"cannot write to --workdir={workdir}: {existing} {reason}; choose a directory "
+            "you can write to"
+        )
 
 
 def _prepare_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -281,22 +294,23 @@ def train(
     checkpointer = None
     if checkpoints.exists():
         checkpointer = Checkpointer(checkpoints, keep=config.keep_checkpoints)
-    if checkpointer is not None and checkpointer.latest_step() is not None:
-        state, frozen = restore_or_init(run, checkpointer), None
-    else:
+    resuming = checkpointer is not None and checkpointer.latest_step() is not None
+    state = restore_or_init(run, checkpointer) if resuming else None
+    start = int(jax.device_get(state.step)) if resuming else 0
+    end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
+    batches = pipeline.train_batches(config, start_step=start)
+    if start < end:  # data errors before any write
+        first = engine.global_batch(next(batches), run.mesh)
+        batches = itertools.chain([first], (engine.global_batch(b, run.mesh) for b in batches))
+    if not resuming:
         frozen = run.method.load_frozen()
         state = run.init(run.rngs()[0])
-    if frozen is not None:
-        state = state.replace(frozen=jax.device_put(frozen, run.replicated))
-    start = int(jax.device_get(state.step))
-    end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
+        if frozen is not None:
+            state = state.replace(frozen=jax.device_put(frozen, run.replicated))
     _, step_rng = run.rngs()
     train_step = engine.make_train_step(run.method, run.tx, run.schedule, run.mesh, run.num_classes)
-    batches = pipeline.train_batches(config, start_step=start)
     if start < end:
-        first = engine.global_batch(next(batches), run.mesh)  # data errors before any write
-        train_step.lower(state, first, step_rng)  # so are errors in tracing the step
-        batches = itertools.chain([first], (engine.global_batch(b, run.mesh) for b in batches))
+        train_step.lower(state, first, step_rng)  # errors in tracing the step, too
 
     _prepare_workdir(workdir, config)
     if checkpointer is None:

@@ -46,8 +46,9 @@ def load_encoder(
     if random_init:
         state = run.init(run.rngs()[0])
     else:
-        checkpointer = Checkpointer(Path(workdir) / "checkpoints", asynchronous=False)
-        if checkpointer.latest_step() is None:
+        directory = Path(workdir) / "checkpoints"
+        checkpointer = Checkpointer(directory, asynchronous=False) if directory.exists() else None
+        if checkpointer is None or checkpointer.latest_step() is None:
             raise UserError(f"no checkpoint in {workdir}: train first, or pass --random-init")
         state = train.restore_or_init(run, checkpointer, step=checkpoint)
     batch_stats = (state.batch_stats or {}).get("encoder", {})  # a ViT has none
@@ -109,7 +110,21 @@ def extract_features(
         )
         features.append(np.asarray(out)[keep])
         labels.append(np.asarray(label)[keep])
-    return np.concatenate(features), np.concatenate(labels)
+    features = np.concatenate(features)
+    check_finite(features, f"{run.config.dataset.name} {split}")
+    return features, np.concatenate(labels)
+
+
+def check_finite(features: np.ndarray, what: str) -> None:
+    """A UserError if any feature is NaN or infinite (an encoder whose weights diverged)."""
+    bad = ~np.isfinite(features)
+    if bad.any():
+        rows = int(bad.any(axis=tuple(range(1, features.ndim))).sum())
+        raise UserError(
+            f"the encoder's features of {what} are not finite in {rows} of {len(features)} "
+            "images: its weights hold NaN or infinity (a diverged run); evaluate an earlier "
+            "--checkpoint, or retrain with a lower learning rate"
+        )
 
 
 def _fingerprint(run: train.Run, variables: Any, split: str) -> str:
@@ -169,6 +184,8 @@ def cached_features(
     path = cache_path(workdir, tag, run.config.dataset.name, split)
     fingerprint = _fingerprint(run, variables, split)
     cached = _read_cache(path, fingerprint) if path.exists() else None
+    if cached is not None and not np.isfinite(cached[0]).all():
+        cached = None  # written before features were checked; extracting again refuses
     if bool(np.all(multihost_utils.process_allgather(np.array(cached is not None)))):
         return cached
     features, labels = extract_features(run, variables, split)
