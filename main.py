@@ -58,6 +58,21 @@ def parse_flags(argv):
     return rest
 
 
+def _loaded_config():
+    """The --config value; a config file that failed to load is refused in one line
+    (config_flags reports it only when the config is first used)."""
+    config = _CONFIG.value
+    try:
+        config.get("method")
+    except OSError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        _refuse(
+            f"cannot load --config={flags.FLAGS['config'].serialize().partition('=')[2]}: "
+            f"{lines[-1]}"
+        )
+    return config
+
+
 def main(argv):
     from absl import logging
 
@@ -75,7 +90,7 @@ def main(argv):
             jax.distributed.initialize()
         from ssljax import train
 
-        config = _CONFIG.value
+        config = _loaded_config()
         train.train(config, _WORKDIR.value)
         if config.eval.get("knn_after_training", False):
             from ssljax.eval import knn

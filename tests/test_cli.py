@@ -90,12 +90,16 @@ def _in_process_main(argv):
     from absl import flags
 
     module = _main_module()
+    saved_argv, sys.argv = sys.argv, ["main.py", *argv]  # config_flags reads overrides here
     try:
-        module.main(module.parse_flags(["main.py", *argv]))
+        module.main(module.parse_flags(sys.argv))
         return 0
     except SystemExit as e:
         return e.code
     finally:
+        sys.argv = saved_argv
+        for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+            delattr(flags.FLAGS, name)  # config_flags defines one per override
         flags.FLAGS.unparse_flags()
 
 
