@@ -48,32 +48,55 @@ def _unknown_field_message(argv, error: KeyError) -> str:
     )
 
 
+USAGE = "usage: main.py --config=CONFIG[:PRESET] --workdir=DIR [--config.FIELD=VALUE ...]"
+
+
+def _refuse(message: str) -> None:
+    print(f"error: {message}\n{USAGE}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse_flags(argv):
     """absl's parser, but a bad flag, config key or preset is one line, not a traceback."""
+    from ssljax.errors import UserError
+
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except Exception as e:  # anything raised while loading and overriding the config
         cause = e.__cause__ or e.__context__ or e
-        if isinstance(cause, KeyError):
+        if isinstance(cause, UserError):
+            message = str(cause)
+        elif isinstance(cause, KeyError):
             message = _unknown_field_message(argv, cause)
         elif isinstance(e, flags.Error):
-            message = str(e)
+            message = str(e).splitlines()[0]
         else:
-            message = f"{type(cause).__name__}: {cause}"
-        print(
-            f"error: {message}\nusage: {argv[0]} --config=CONFIG[:PRESET] --workdir=DIR "
-            "[--config.FIELD=VALUE ...]",
-            file=sys.stderr,
+            message = f"{cause}"
+        _refuse(message)
+    if len(rest) > 1:
+        _refuse(f"unexpected argument(s) {' '.join(rest[1:])}: every option is --name=value")
+    return rest
+
+
+def _loaded_config():
+    """The --config value; a config file that failed to load is refused in one line
+    (config_flags reports it only when the config is first used)."""
+    config = _CONFIG.value
+    try:
+        config.get("method")
+    except OSError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        _refuse(
+            f"cannot load --config={flags.FLAGS['config'].serialize().partition('=')[2]}: "
+            f"{lines[-1]}"
         )
-        sys.exit(2)
+    return config
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from absl import logging
 
-    from ssljax.errors import UserError
+    from ssljax.errors import Preempted, TrainingDiverged, UserError
 
     logging.set_verbosity(logging.WARNING)  # tfds and orbax are chatty at INFO
 
@@ -87,7 +110,7 @@ def main(argv):
             jax.distributed.initialize()
         from ssljax import train
 
-        config = _CONFIG.value
+        config = _loaded_config()
         train.train(config, _WORKDIR.value)
         if config.eval.get("knn_after_training", False):
             from ssljax.eval import knn
@@ -96,6 +119,12 @@ def main(argv):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Preempted as e:
+        print(e, flush=True)
+        sys.exit(0)
 
 
 if __name__ == "__main__":

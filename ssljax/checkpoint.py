@@ -3,11 +3,18 @@
 A checkpoint is the TrainState's fields by name. A field added to TrainState later (a new
 method's state) is absent from older checkpoints; it restores as None when the run does
 not use it, so adding a method never orphans existing runs.
+
+A newest checkpoint that cannot be read (files cut short by a full disk or a kill
+mid-copy) is skipped with a warning that names its step, and the newest intact one is
+restored instead (`Checkpointer.restore`); only when none is intact does restoring stop.
+The steps found unreadable are remembered for the process, so that `latest_step()` then
+names the step actually restored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 
 import jax
@@ -18,25 +25,35 @@ from jax.sharding import NamedSharding
 from ssljax.errors import UserError
 from ssljax.train_state import TrainState
 
+# Steps of a checkpoint directory that failed to restore in this process.
+_UNREADABLE: dict[str, set[int]] = {}
+
 
 class Checkpointer:
     """A thin layer over `ocp.CheckpointManager` that knows how to rebuild a TrainState."""
 
     def __init__(self, directory: str | Path, keep: int = 3, asynchronous: bool = True):
+        if keep < 1:
+            raise UserError(f"keep_checkpoints={keep} must be ≥ 1")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous
         )
+        self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
-            options=options,
-            item_handlers=ocp.StandardCheckpointHandler(),
+            self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
         )
 
+    @property
+    def _unreadable(self) -> set[int]:
+        return _UNREADABLE.setdefault(str(self.directory), set())
+
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        """The newest step not known to be unreadable."""
+        steps = self.all_steps()
+        return max(steps) if steps else None
 
     def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
+        return [s for s in self.manager.all_steps() if s not in self._unreadable]
 
     def save(self, step: int, state: TrainState, force: bool = False) -> None:
         self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
@@ -48,8 +65,60 @@ class Checkpointer:
         sharding: NamedSharding,
         step: int | None = None,
     ) -> TrainState:
-        """The state saved at `step` (the latest by default), laid out like `init(rng)`."""
-        step = self.latest_step() if step is None else step
+        """The state saved at `step`, laid out like `init(rng)`; by default the newest
+        checkpoint that restores, skipping (with a warning) newer ones that do not."""
+        if step is not None:
+            return self._restore(init, rng, sharding, step)
+        failures = []
+        while (newest := self.latest_step()) is not None:
+            try:
+                state = self._restore(init, rng, sharding, newest)
+            except UserError:
+                raise
+            except Exception as e:  # orbax/tensorstore raise many kinds for damaged files
+                self._unreadable.add(newest)
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e)
+                failures.append(newest)
+                print(
+                    f"warning: the checkpoint at step {newest} in {self.directory} cannot be "
+                    f"restored ({reason}); trying the next older one",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                continue
+            if failures:
+                print(
+                    f"warning: restored step {newest} instead of the unreadable step(s) "
+                    f"{', '.join(map(str, failures))}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return state
+        raise UserError(
+            f"no checkpoint in {self.directory} can be restored (unreadable: step(s) "
+            f"{', '.join(map(str, failures))}); move the damaged step directories away to start "
+            "over, or restore them from a copy"
+        )
+
+    def set_aside_unreadable(self) -> None:
+        """Rename the step directories found unreadable to `<step>.unreadable` (process 0),
+        so that the run can save those steps again; they are kept for inspection."""
+        unreadable = sorted(self._unreadable & set(self.manager.all_steps()))
+        if unreadable and jax.process_index() == 0:
+            for step in unreadable:
+                source = self.directory / str(step)
+                target = self.directory / f"{step}.unreadable"
+                if target.exists():
+                    target.rmtree()
+                source.rename(target)
+        if unreadable:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("ssljax: unreadable checkpoints set aside")
+            self.manager.reload()
+            self._unreadable.difference_update(unreadable)
+
+    def _restore(self, init, rng, sharding, step: int) -> TrainState:
         expected = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
             jax.eval_shape(init, rng),

@@ -75,6 +75,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
+    # A step whose loss or gradients are not finite: 'skip' leaves the state as it was (the
+    # step still counts) and stops the run after `nonfinite_max_skips` skips in a row;
+    # 'stop' stops at the first one. Either way no checkpoint holds non-finite weights.
+    c.nonfinite = "skip"
+    c.nonfinite_max_skips = 10
     # Wall-time budget of one `train()` call in seconds (0: none): stop cleanly with a
     # checkpoint once spent; running again resumes. For same-budget comparisons.
     c.max_train_seconds = 0.0

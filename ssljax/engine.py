@@ -7,6 +7,10 @@ loss and its gradient on the local batch (BN statistics synchronised as the meth
 modules say), the online linear probe on stop-gradient features, gradients averaged over
 the `data` axis, the optimiser update, the method's post-step rules (EMA, queues), and
 running statistics averaged so that the replicated state stays identical everywhere.
+
+A step whose loss, gradients or new state are not all finite changes nothing but the step
+counter: the state keeps its previous values and the metric `finite` is 0. The check is
+part of the step (no extra host round trip); the loop reads the flag with the metrics.
 """
 
 from __future__ import annotations
@@ -89,6 +93,24 @@ def make_init(
     )
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every floating-point value in `tree` is finite (a scalar bool).
+
+    One sum per leaf of `x · 0`, which is 0 for finite x and NaN for NaN or ±inf: cheaper
+    to compile than an `isfinite` reduction per leaf, and no overflow of finite values.
+    """
+    total = jnp.zeros((), jnp.float32)
+    for x in jax.tree_util.tree_leaves(tree):
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact):
+            total = total + jnp.sum(x.astype(jnp.float32) * 0.0)
+    return jnp.isfinite(total)
+
+
+def keep_unless(condition: jax.Array, new: Any, old: Any) -> Any:
+    """`new` if `condition` holds, else `old` (same structure), as one branch."""
+    return jax.lax.cond(condition, lambda n, o: n, lambda n, o: o, new, old)
+
+
 def make_train_step(
     method: Method,
     tx: optax.GradientTransformation,
@@ -126,7 +148,11 @@ def make_train_step(
         )
         new_state = method.after_update(new_state)
         metrics.update(method.schedules(state.step), lr=schedule(state.step))
-        return new_state, jax.lax.pmean(metrics, DATA_AXIS)
+        metrics = jax.lax.pmean(metrics, DATA_AXIS)
+        # Grads and the loss are already averaged, so every device takes the same branch.
+        finite = jnp.isfinite(metrics["loss"]) & all_finite(grads) & all_finite(new_state)
+        new_state = keep_unless(finite, new_state, state).replace(step=state.step + 1)
+        return new_state, dict(metrics, finite=finite.astype(jnp.float32))
 
     sharded = jax.shard_map(
         step,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import sys
 import time
 
 import jax
 import numpy as np
 from etils.epath import Path
+
+from ssljax import files
 
 
 def _format_seconds(seconds: float) -> str:
@@ -25,7 +27,8 @@ class MetricsLogger:
     and, once `set_step_flops` has the compiled step's FLOPs, `mfu` (`ssljax.perf`).
 
     On resume, rows logged after the restored checkpoint (by a run that died before its
-    next checkpoint) are dropped, so `metrics.jsonl` reads as one uninterrupted run.
+    next checkpoint) are dropped, so `metrics.jsonl` reads as one uninterrupted run; so is
+    a last line cut off by a kill (with a warning). Rows are appended (`ssljax.files`).
     """
 
     def __init__(
@@ -48,8 +51,15 @@ class MetricsLogger:
         if not self.enabled:
             return
         if self.path.exists():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line]
-            self._rows = [r for r in rows if r["step"] <= start_step]
+            rows = files.read_jsonl(self.path)
+            self._rows = [r for r in rows if r.get("step", 0) <= start_step]
+            files.write_jsonl(self.path, self._rows)
+        if start_step and not self._rows:
+            print(
+                f"warning: {self.path} has no rows up to step {start_step} (missing or "
+                "emptied): its history restarts here",
+                file=sys.stderr,
+            )
         import tensorflow as tf
 
         self._writer = tf.summary.create_file_writer(str(Path(workdir) / "tensorboard"))
@@ -93,9 +103,8 @@ class MetricsLogger:
         self._data_wait = 0.0
         self._last_time, self._last_step = now, step
         if self.enabled:
-            # Rewritten whole: object stores (gs://) cannot append.
             self._rows.append(row)
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
+            files.append_jsonl(self.path, row, self._rows)
             with self._writer.as_default(step=step):
                 import tensorflow as tf
 

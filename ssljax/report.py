@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 import os
@@ -22,6 +23,8 @@ import re
 import statistics
 import sys
 from pathlib import Path
+
+from ssljax import files
 
 
 @dataclasses.dataclass
@@ -84,7 +87,7 @@ def load_run(path: str | Path) -> RunRecord:
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     rows = []
     if metrics_path.exists():
-        rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+        rows = files.read_jsonl(metrics_path)
     evals = {}
     for file in sorted((path / "eval").glob("*.json")):
         try:
@@ -229,7 +232,9 @@ def make_plots(runs: list[RunRecord], directory: Path, prefix: str) -> list[tupl
     def save(fig, stem, title):
         path = directory / f"{prefix}{stem}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=100, format="png")
+        files.write_bytes(path, buffer.getvalue())
         written.append((title, path))
 
     trained = [r for r in runs if r.rows]
@@ -354,8 +359,7 @@ def main(argv=None) -> None:
     images = Path(args.images) if args.images else out.parent / "images" / out.stem
     runs = [load_run(p) for p in args.runs]
     text = render(runs, out, images, args.note)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    files.write_text(out, text)
     print(text)
     print(f"wrote {out} and plots in {images}", file=sys.stderr)
 

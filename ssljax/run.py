@@ -35,7 +35,17 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     path = Path(workdir) / "config.json"
     if not path.exists():
         raise UserError(f"{path} not found: is {workdir} the --workdir of a training run?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(read_json(path))
+
+
+def read_json(path: Path) -> dict:
+    """A workdir's JSON file; a damaged one is a UserError that says what to do."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(
+            f"{path} is corrupt ({e}); restore it from a copy, or start a new --workdir"
+        ) from None
 
 
 def initial_rngs(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:

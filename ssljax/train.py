@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import os
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,14 +20,15 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from ssljax import engine, perf, provenance, sharding
+from ssljax import config_checks, engine, files, perf, provenance, sharding
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
-from ssljax.errors import UserError
+from ssljax.errors import Preempted, TrainingDiverged, UserError
 from ssljax.logger import MetricsLogger
 from ssljax.methods.base import Method
 from ssljax.optim import build_optimizer
-from ssljax.run import build_method, initial_rngs, load_config, load_run
+from ssljax.preemption import PreemptionWatch
+from ssljax.run import build_method, initial_rngs, load_config, load_run, read_json
 from ssljax.train_state import TrainState
 
 
@@ -54,13 +59,8 @@ class Run:
 
 def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     """Reject impossible values with a message that says what to change."""
+    config_checks.check(config)
     sharding.check_batch_size(config.batch_size, mesh)
-    if config.epochs <= 0 and config.total_steps <= 0:
-        raise UserError("set --config.epochs (or --config.total_steps) to a positive number")
-    if config.dataset.image_size < 8:
-        raise UserError(f"dataset.image_size={config.dataset.image_size} is too small (≥ 8)")
-    if config.log_every_steps <= 0 or config.checkpoint_every_steps <= 0:
-        raise UserError("log_every_steps and checkpoint_every_steps must be positive")
 
 
 def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
@@ -95,22 +95,31 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
 RUN_CONTROL_FIELDS = ("max_train_seconds",)
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Write `workdir/config.json`; a resumed run must use the config it started with
-    (`RUN_CONTROL_FIELDS` aside)."""
+def check_same_config(config: ml_collections.ConfigDict, workdir: Path) -> bool:
+    """Whether `workdir` already holds config.json; a UserError if it differs from
+    `config` (a resumed run must use the config it started with, `RUN_CONTROL_FIELDS`
+    aside)."""
     path = workdir / "config.json"
-    text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if path.exists():
-        differences = config_differences(json.loads(path.read_text()), json.loads(text))
-        if differences:
-            raise UserError(
-                f"{workdir} holds a run with a different config ({path}: "
-                f"{'; '.join(differences[:5])}); resume it with the same config or choose a "
-                "new --workdir"
-            )
+    if not path.exists():
+        return False
+    current = json.loads(config.to_json_best_effort())
+    differences = config_differences(read_json(path), current)
+    if differences:
+        raise UserError(
+            f"{workdir} holds a run with a different config ({path}: "
+            f"{'; '.join(differences[:5])}); resume it with the same config or choose a "
+            "new --workdir"
+        )
+    return True
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Write `workdir/config.json` unless it is there (and the same: `check_same_config`)."""
+    if check_same_config(config, workdir):
         return
     if jax.process_index() == 0:
-        path.write_text(text + "\n")
+        text = config.to_json_best_effort(indent=2, sort_keys=True)
+        files.write_text(workdir / "config.json", text + "\n")
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -136,6 +145,7 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
 
 
 def restore_or_init(run: Run, checkpointer: Checkpointer, step: int | None = None) -> TrainState:
+    """The state at `step` (default: the newest checkpoint that restores), or a fresh one."""
     init_rng, _ = run.rngs()
     if checkpointer.latest_step() is None:
         if step is not None:
@@ -175,67 +185,199 @@ def _out_of_time(deadline: float | None, step: int, every: int) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.array(time.monotonic() >= deadline)))
 
 
+def _check_workdir(workdir: Path) -> None:
+    """Refuse a workdir that is a file or (locally) cannot be created or written."""
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir={workdir} is a file, not a directory; choose another --workdir")
+    if "://" in str(workdir):
+        return  # object stores: write permission shows on the first write
+    existing = workdir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "is a file" if not existing.is_dir() else "is not writable"
+        raise UserError(
+            f"cannot write to --workdir={workdir}: {existing} {reason}; choose a directory "
+            "you can write to"
+        )
+
+
+def _prepare_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Create `workdir` and write config.json: the first writes of a run."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_config(config, workdir)
+    except OSError as e:
+        raise UserError(
+            f"cannot write to --workdir={workdir} ({e.strerror or e}); choose a directory "
+            "you can write to"
+        ) from None
+
+
+class _NonFiniteWatch:
+    """Counts the steps the engine skipped (non-finite loss or gradients).
+
+    The step's `finite` flags stay on the device until `check` (at log and checkpoint
+    steps) fetches them together, so watching costs no host round trip per step.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.limit = 1 if config.nonfinite == "stop" else config.nonfinite_max_skips
+        self.policy = config.nonfinite
+        self.pending: list[tuple[int, jax.Array, jax.Array]] = []
+        self.streak, self.skipped, self.last_finite_loss = 0, 0, None
+        self.last_finite_step = None
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics["finite"], metrics["loss"]))
+
+    def check(self) -> int:
+        """Skipped steps since the last check; raises TrainingDiverged past the limit."""
+        values = jax.device_get([(finite, loss) for _, finite, loss in self.pending])
+        steps = [step for step, _, _ in self.pending]
+        self.pending = []
+        skipped = 0
+        for step, (finite, loss) in zip(steps, values):
+            if finite:
+                self.streak, self.last_finite_loss = 0, float(loss)
+                self.last_finite_step = step
+                continue
+            skipped += 1
+            self.streak += 1
+            if self.streak >= self.limit:
+                self._stop(step)
+        self.skipped += skipped
+        return skipped
+
+    def _stop(self, step: int) -> None:
+        last = (
+            f"the last finite loss was {self.last_finite_loss:.4g} at step {self.last_finite_step}"
+            if self.last_finite_loss is not None
+            else "no step of this run had a finite loss"
+        )
+        rule = (
+            "config.nonfinite='stop'"
+            if self.policy == "stop"
+            else f"{self.streak} consecutive skipped steps (config.nonfinite_max_skips)"
+        )
+        raise TrainingDiverged(
+            f"training stopped at step {step}: the loss or the gradients are not finite "
+            f"({rule}); {last}. The checkpoints hold the last finite weights. Try a lower "
+            "--config.optimizer.base_lr, a longer --config.optimizer.warmup_epochs, or "
+            "--config.model.dtype=float32"
+        )
+
+
 def train(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
     mesh: Mesh | None = None,
     stop_at: int | None = None,
 ) -> TrainState:
-    """Pre-train, resuming from the newest checkpoint in `workdir` if there is one.
+    """Pre-train, resuming from the newest intact checkpoint in `workdir` if there is one.
+
+    Everything is checked (config values, dataset, the first batch, the step's trace)
+    before the first write to `workdir`, so a refused run leaves it as it was.
 
     `stop_at` ends the run early (after saving) as if it had been interrupted: tests use it
     to show that a resumed run continues exactly as an uninterrupted one.
     `config.max_train_seconds` > 0 does the same when this call has run that long (setup
     and compilation included): the last row of metrics.jsonl then has
     `stopped_by_time_limit` = 1, and running again resumes from that step.
+    SIGTERM (or, with several processes, JAX's preemption notice) saves at the next step
+    boundary, all processes at the same step, and raises `Preempted`. Too many
+    non-finite steps in a row (`config.nonfinite`) raise `TrainingDiverged`.
     """
     budget = config.get("max_train_seconds", 0) or 0
     deadline = time.monotonic() + budget if budget > 0 else None
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    _check_workdir(workdir)
     run = setup(config, mesh)
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    frozen = load_frozen(run.method) if checkpointer.latest_step() is None else None
-    save_config(config, workdir)
-    state = restore_or_init(run, checkpointer)
-    if frozen is not None:
-        state = state.replace(frozen=jax.device_put(frozen, run.replicated))
-    start = int(jax.device_get(state.step))
-    provenance.record_start(workdir, start, list(run.mesh.devices.flat))
-    if start:
-        print(f"resuming from step {start} in {workdir}", flush=True)
+    check_same_config(config, workdir)
+    checkpoints = workdir / "checkpoints"
+    checkpointer = None
+    if checkpoints.exists():
+        checkpointer = Checkpointer(checkpoints, keep=config.keep_checkpoints)
+    resuming = checkpointer is not None and checkpointer.latest_step() is not None
+    state = restore_or_init(run, checkpointer) if resuming else None
+    start = int(jax.device_get(state.step)) if resuming else 0
     end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
+    batches = pipeline.train_batches(config, start_step=start, dataset=(run.dataset, run.builder))
+    if start < end:  # data errors before any write
+        first = next(batches)
+        batches = itertools.chain([first], batches)
+    if not resuming:
+        frozen = load_frozen(run.method)
+        state = run.init(run.rngs()[0])
+        if frozen is not None:
+            state = state.replace(frozen=jax.device_put(frozen, run.replicated))
     _, step_rng = run.rngs()
     train_step = engine.make_train_step(run.method, run.tx, run.schedule, run.mesh, run.num_classes)
-    batches = pipeline.train_batches(config, start_step=start, dataset=(run.dataset, run.builder))
+    if start < end:  # errors in tracing the step, too
+        lowered = train_step.lower(state, sharding.global_batch(first, run.mesh), step_rng)
+
+    _prepare_workdir(workdir, config)
+    provenance.record_start(workdir, start, list(run.mesh.devices.flat))
+    if checkpointer is None:
+        checkpointer = Checkpointer(checkpoints, keep=config.keep_checkpoints)
+    checkpointer.set_aside_unreadable()
+    if start:
+        print(f"resuming from step {start} in {workdir}", flush=True)
     logger = MetricsLogger(
         workdir, run.total_steps, run.steps_per_epoch, config.batch_size, start_step=start
     )
-    for step in range(start + 1, end + 1):
-        with logger.waiting_for_data():
-            batch = sharding.global_batch(next(batches), run.mesh)
-        if step == start + 1:  # compile once, explicitly, to read the step's FLOPs
-            train_step = train_step.lower(state, batch, step_rng).compile()
-            logger.set_step_flops(perf.step_flops(train_step), config.model.dtype)
-        state, metrics = train_step(state, batch, step_rng)
-        out_of_time = _out_of_time(deadline, step, config.log_every_steps)
-        if out_of_time:
-            metrics = dict(metrics, stopped_by_time_limit=1.0)
-        if step % config.log_every_steps == 0 or step == end or out_of_time:
-            logger.log(step, metrics)
-        if step % config.checkpoint_every_steps == 0 or step == end or out_of_time:
-            checkpointer.save(step, state, force=True)
-        if out_of_time:
-            end = step
-            if jax.process_index() == 0:
-                print(
-                    f"stopped at step {step} of {run.total_steps}: max_train_seconds="
-                    f"{budget:g} reached (run again to resume)",
-                    flush=True,
-                )
-            break
-    checkpointer.wait()
-    checkpointer.close()
+    if start < end:  # compile once, explicitly, to read the step's FLOPs
+        train_step = lowered.compile()
+        logger.set_step_flops(perf.step_flops(train_step), config.model.dtype)
+    nonfinite = _NonFiniteWatch(config)
+    stop_reason = None
+    with PreemptionWatch() as preemption:
+        try:
+            for step in range(start + 1, end + 1):
+                with logger.waiting_for_data():
+                    batch = sharding.global_batch(next(batches), run.mesh)
+                state, metrics = train_step(state, batch, step_rng)
+                nonfinite.add(step, metrics)
+                if preemption.reached(step):
+                    stop_reason = "preempted"
+                elif _out_of_time(deadline, step, config.log_every_steps):
+                    stop_reason = "time"
+                stopping = stop_reason is not None or step == end
+                log_now = step % config.log_every_steps == 0 or stopping
+                save_now = step % config.checkpoint_every_steps == 0 or stopping
+                if log_now or save_now:
+                    skipped = nonfinite.check()
+                    metrics = dict(metrics)
+                    metrics.pop("finite")
+                    if stop_reason == "time":
+                        metrics["stopped_by_time_limit"] = 1.0
+                    if skipped:
+                        metrics["skipped_steps"] = float(skipped)
+                        print(
+                            f"warning: {skipped} step(s) up to step {step} had a non-finite "
+                            f"loss or gradients and were skipped ({nonfinite.streak} in a row)",
+                            flush=True,
+                        )
+                if log_now:
+                    logger.log(step, metrics)
+                if save_now:
+                    checkpointer.save(step, state, force=True)
+                if stop_reason is not None:
+                    end = step
+                    break
+        finally:
+            checkpointer.wait()
+            checkpointer.close()
+    if stop_reason == "preempted":
+        command = "python " + shlex.join(sys.argv) if sys.argv[0].endswith(".py") else None
+        how = f"resume with the same command: {command}" if command else "run again to resume"
+        raise Preempted(f"preempted: saved step {end} of {run.total_steps} in {workdir}; {how}")
+    if stop_reason == "time" and jax.process_index() == 0:
+        print(
+            f"stopped at step {end} of {run.total_steps}: max_train_seconds="
+            f"{budget:g} reached (run again to resume)",
+            flush=True,
+        )
     rate = logger.steady_images_per_sec()
     if rate and jax.process_index() == 0:
         print(f"trained to step {end}: {rate:.1f} images/s after compilation", flush=True)

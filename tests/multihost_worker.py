@@ -1,6 +1,8 @@
 """One process of a 2-process run on localhost (used by tests/test_multihost.py).
 
-python tests/multihost_worker.py PROCESS_ID PORT WORKDIR
+python tests/multihost_worker.py PROCESS_ID PORT WORKDIR [TOTAL_STEPS]
+
+With TOTAL_STEPS the run logs every step, so that a test can send SIGTERM mid-run.
 """
 
 import os
@@ -14,20 +16,26 @@ import jax  # noqa: E402
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
-def main(process_id: int, port: int, workdir: str) -> None:
+def main(process_id: int, port: int, workdir: str, total_steps: int = 2) -> None:
     jax.distributed.initialize(
         coordinator_address=f"localhost:{port}", num_processes=2, process_id=process_id
     )
     from pathlib import Path
 
     from ssljax import configlib, train
+    from ssljax.errors import Preempted
 
     config = configlib.load(str(Path(__file__).parent.parent / "configs" / "byol.py:smoke"))
-    config.total_steps = 2
+    config.total_steps = total_steps
     config.checkpoint_every_steps = 2
-    train.train(config, workdir)
+    if total_steps > 2:
+        config.log_every_steps = 1
+    try:
+        train.train(config, workdir)
+    except Preempted as e:
+        print(f"process {jax.process_index()}: {e}", flush=True)
     print(f"process {jax.process_index()} of {jax.process_count()}: done", flush=True)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:]))

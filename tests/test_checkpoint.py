@@ -55,3 +55,41 @@ def test_a_missing_field_the_run_needs_is_a_user_error(tmp_path):
         Checkpointer(tmp_path / "ckpt").restore(
             lambda rng: _state(center=jnp.zeros(8)), jax.random.key(0), _replicated()
         )
+
+
+def _damaged_pair(directory):
+    """Checkpoints at steps 3 and 6; every file of step 6 cut in half."""
+    checkpointer = Checkpointer(directory, asynchronous=False)
+    checkpointer.save(3, _state())
+    checkpointer.save(6, _state().replace(step=jnp.asarray(6, jnp.int32)))
+    checkpointer.wait()
+    for file in (directory / "6").rglob("*"):
+        if file.is_file() and file.stat().st_size > 1:
+            file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, capsys):
+    _damaged_pair(tmp_path / "ckpt")
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    restored = checkpointer.restore(lambda rng: _state(), jax.random.key(0), _replicated())
+    assert int(restored.step) == 3
+    assert "checkpoint at step 6" in capsys.readouterr().err
+    assert checkpointer.latest_step() == 3  # what eval names its results after
+    checkpointer.set_aside_unreadable()  # so that training can save step 6 again
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["3", "6.unreadable"]
+
+
+def test_no_intact_checkpoint_is_one_clear_error(tmp_path):
+    _damaged_pair(tmp_path / "ckpt")
+    for file in (tmp_path / "ckpt" / "3").rglob("*"):
+        if file.is_file() and file.stat().st_size > 1:
+            file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"no checkpoint .* can be restored .*step\(s\) 6, 3"):
+        Checkpointer(tmp_path / "ckpt").restore(
+            lambda rng: _state(), jax.random.key(0), _replicated()
+        )
+
+
+def test_keeping_no_checkpoint_is_refused(tmp_path):
+    with pytest.raises(UserError, match="keep_checkpoints=0"):
+        Checkpointer(tmp_path / "ckpt", keep=0)

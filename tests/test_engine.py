@@ -70,3 +70,38 @@ def test_a_step_moves_the_online_network_and_the_target_follows_by_ema(smoke_con
     np.testing.assert_allclose(get(state.target_params), expected_target, rtol=1e-5, atol=1e-7)
     assert set(state.target_params) == {"encoder", "projector"}
     assert {"probe", "predictor"} <= set(state.params)
+
+
+def test_a_non_finite_batch_is_skipped_exactly_as_if_its_update_never_happened(smoke_config):
+    """Steps 1–4 with step 3's images NaN equal steps 1, 2, 4 with the counter advanced
+    over 3: params, optimiser state, BN statistics, EMA target all untouched by step 3."""
+    mesh = sharding.make_mesh()
+    method = Byol(smoke_config, 10)
+    tx, schedule = build_optimizer(smoke_config.optimizer, smoke_config.batch_size, 5, 10)
+    init = engine.make_init(method, tx, mesh, (32, 32, 3), 10)
+    step = engine.make_train_step(method, tx, schedule, mesh, 10)
+    batches = [two_view_batch(32, 32, seed=s) for s in range(4)]
+    poisoned = dict(batches[2], view1=np.full_like(batches[2]["view1"], np.nan))
+    rng = jax.random.PRNGKey(1)
+
+    def run(feed, advance_over_third=False):
+        state, finite = init(jax.random.PRNGKey(0)), []
+        for i, batch in enumerate(feed):
+            if advance_over_third and i == 2:
+                state = state.replace(step=state.step + 1)
+                continue
+            state, metrics = step(state, sharding.global_batch(batch, mesh), rng)
+            finite.append(float(metrics["finite"]))
+        return jax.device_get(state), finite
+
+    skipped, flags = run(batches[:2] + [poisoned] + batches[3:])
+    without, _ = run(batches, advance_over_third=True)
+    normal, normal_flags = run(batches)
+    assert flags == [1.0, 1.0, 0.0, 1.0] and normal_flags == [1.0] * 4
+    assert int(skipped.step) == int(without.step) == 4
+    for a, b in zip(jax.tree_util.tree_leaves(skipped), jax.tree_util.tree_leaves(without)):
+        np.testing.assert_array_equal(a, b)
+    # The comparison can fail: had step 3 been applied, the states would differ.
+    assert not np.array_equal(
+        jax.tree_util.tree_leaves(normal.params)[0], jax.tree_util.tree_leaves(without.params)[0]
+    )

@@ -1,6 +1,7 @@
 """Two processes on localhost, 4 CPU devices each, form one 8-device mesh (gloo)."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -91,3 +92,37 @@ def test_two_processes_train_like_one_process_fed_both_shards(tmp_path, monkeypa
     got, want = update(actual), update(desired)
     assert np.linalg.norm(want) > 0
     assert np.linalg.norm(got - want) <= 1e-3 * np.linalg.norm(want)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+    """JAX's preemption service spreads one process's SIGTERM: both save the same step."""
+    import signal
+
+    port, workdir = _free_port(), tmp_path / "preempted"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    worker = str(ROOT / "tests" / "multihost_worker.py")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, worker, str(i), str(port), str(workdir), "60"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    lines = []
+    for line in workers[0].stdout:  # only process 0 prints the step lines
+        lines.append(line)
+        if line.startswith("step 3/60"):
+            workers[1].send_signal(signal.SIGTERM)
+    outputs = ["".join(lines), workers[1].communicate(timeout=600)[0]]
+    for w, out in zip(workers, outputs):
+        assert w.wait(timeout=600) == 0, out[-3000:]
+    steps = [re.search(r"process \d: preempted: saved step (\d+)", out) for out in outputs]
+    assert all(steps), outputs
+    step = int(steps[0].group(1))
+    assert int(steps[1].group(1)) == step and 3 <= step < 60
+    assert (workdir / "checkpoints" / str(step)).exists()

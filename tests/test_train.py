@@ -87,3 +87,92 @@ def test_a_time_budget_stops_with_a_checkpoint_and_running_again_resumes(config,
     resumed = train.train(config, tmp_path / "run")
     assert int(resumed.step) == 4
     assert [r["step"] for r in _rows(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+def test_an_absurd_learning_rate_stops_after_the_allowed_skips_with_finite_checkpoints(
+    config, tmp_path
+):
+    from ssljax.checkpoint import Checkpointer
+    from ssljax.errors import TrainingDiverged
+
+    absurd = config.copy_and_resolve_references()
+    absurd.optimizer.base_lr = 1e40  # the LR overflows float32: every update is infinite
+    absurd.nonfinite_max_skips = 2
+    absurd.checkpoint_every_steps = 1
+    with pytest.raises(TrainingDiverged, match="stopped at step 2: .*2 consecutive skipped"):
+        train.train(absurd, tmp_path / "run")
+    rows = _rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1] and rows[0]["skipped_steps"] == 1.0
+    run = train.setup(absurd)
+    checkpointer = Checkpointer(tmp_path / "run" / "checkpoints", asynchronous=False)
+    assert checkpointer.all_steps() == [1]
+    saved = jax.device_get(checkpointer.restore(run.init, run.rngs()[0], run.replicated))
+    initial = jax.device_get(run.init(run.rngs()[0]))
+    for a, b in zip(
+        jax.tree_util.tree_leaves(saved.params), jax.tree_util.tree_leaves(initial.params)
+    ):
+        assert np.isfinite(a).all()
+        np.testing.assert_array_equal(a, b)  # the skipped step changed nothing
+
+
+def test_sigterm_saves_at_the_next_step_and_the_rerun_ends_as_an_uninterrupted_run(
+    config, tmp_path
+):
+    """A real `main.py` process gets SIGTERM mid-run; the persistent compilation cache
+    lets the in-process runs reuse its compiled step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).parent.parent
+    cache = tmp_path / "jax_cache"
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        PYTHONPATH=str(root),
+    )
+    long = config.copy_and_resolve_references()
+    long.total_steps = 40
+    workdir = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "main.py",
+            "--config=configs/byol.py:smoke",
+            f"--workdir={workdir}",
+            "--config.total_steps=40",
+            "--config.log_every_steps=1",
+            "--config.checkpoint_every_steps=2",
+        ],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("step 3/40"):
+            process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=600) == 0, "".join(lines[-30:])
+    (stopped,) = [line for line in lines if line.startswith("preempted: saved step")]
+    step = int(stopped.split()[3])
+    assert 3 <= step < 40 and "resume with the same command: python main.py" in stopped
+    assert (workdir / "checkpoints" / str(step)).exists()
+    assert _rows(workdir)[-1]["step"] == step
+
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    try:
+        long.log_every_steps, long.checkpoint_every_steps = 1, 2
+        resumed = jax.device_get(train.train(long, workdir))
+        full = jax.device_get(train.train(long, tmp_path / "full"))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+    assert int(resumed.step) == int(full.step) == 40
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(a, b)

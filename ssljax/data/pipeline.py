@@ -220,9 +220,12 @@ def train_batches(
     epoch, skip = divmod(start_step, steps)
     while True:
         yielded = skip
-        for batch in stream.epoch(epoch, skip).as_numpy_iterator():
-            yielded += 1
-            yield batch
+        try:
+            for batch in stream.epoch(epoch, skip).as_numpy_iterator():
+                yielded += 1
+                yield batch
+        except tf.errors.OpError as e:  # a truncated or corrupt record
+            raise registry.damaged_data(info, builder, split, e) from None
         if yielded != steps:
             raise RuntimeError(
                 f"epoch {epoch} of {info.name} {split!r} gave {yielded} batches, expected {steps}: "
@@ -293,7 +296,10 @@ def eval_batches(
     }
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
     ds = ds.take(num_batches * batch_size).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    yield from ds.with_options(_options(config)).as_numpy_iterator()
+    try:
+        yield from ds.with_options(_options(config)).as_numpy_iterator()
+    except tf.errors.OpError as e:  # a truncated or corrupt record
+        raise registry.damaged_data(info, builder, split, e) from None
 
 
 def labelled_batches(
@@ -358,7 +364,10 @@ def labelled_batches(
 
     ds = ds.repeat().enumerate().map(make_example, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    yield from ds.with_options(_options(config)).as_numpy_iterator()
+    try:
+        yield from ds.with_options(_options(config)).as_numpy_iterator()
+    except tf.errors.OpError as e:  # a truncated or corrupt record
+        raise registry.damaged_data(info, builder, split, e) from None
 
 
 def split_labels(config, split: str) -> np.ndarray:

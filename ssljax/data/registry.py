@@ -102,8 +102,17 @@ def get_dataset(
         )
     info = DATASETS[name]
     data_dir = data_dir or default_data_dir()
-    builder = tfds.builder(info.tfds_name, data_dir=data_dir)
-    if not builder.is_prepared():
+    try:
+        builder = tfds.builder(info.tfds_name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    except Exception as e:  # tfds raises json/protobuf errors for a damaged dataset_info.json
+        reason = str(e).strip().splitlines()[-1][:200]
+        raise UserError(
+            f"the metadata of {info.tfds_name} in {data_dir} is unreadable ({reason}): "
+            f"delete {os.path.join(data_dir, info.tfds_name.split('/')[0])} and prepare it "
+            f"again: {_how_to_prepare(info, data_dir)}"
+        ) from None
+    if not prepared:
         if info.tfds_name == "fashion_mnist" and fashion_mnist.debian_files_present():
             print(
                 f"Preparing fashion_mnist in {data_dir} from {fashion_mnist.DEBIAN_SOURCE_DIR} "
@@ -120,6 +129,21 @@ def get_dataset(
             )
     num_train = split_num_examples(builder, info.train_split)
     return dataclasses.replace(info, num_train_examples=num_train), builder
+
+
+def damaged_data(
+    info: DatasetInfo, builder: tfds.core.DatasetBuilder, split: str, error
+) -> UserError:
+    """The UserError for a record that cannot be read (a truncated or corrupt file)."""
+    reason = str(getattr(error, "message", error)).strip().splitlines()[0]
+    reason = reason.split("}}")[-1].strip()[:200]
+    data_dir = os.fspath(builder.data_dir)
+    files = f"{data_dir}/{builder.name}-{split.split('[')[0]}.tfrecord-*"
+    return UserError(
+        f"a record of {files} cannot be read ({reason}): the prepared dataset is damaged; "
+        f"delete {data_dir} and prepare it again: "
+        f"{_how_to_prepare(info, os.path.dirname(os.path.dirname(data_dir)))}"
+    )
 
 
 def split_num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:

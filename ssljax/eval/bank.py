@@ -29,6 +29,7 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
+from ssljax import files
 from ssljax.data import pipeline
 from ssljax.errors import UserError
 from ssljax.eval import features as feats
@@ -168,6 +169,8 @@ def extract(run: Any, variables: Any, split: str, raw_pixels: bool = False) -> S
     if not labels:
         raise UserError(f"split {split!r} of {run.config.dataset.name} has no images")
     stacked = {p: jnp.concatenate(parts) for p, parts in blocks.items()}
+    for block in stacked.values():  # this process's rows; every process checks its own
+        feats.check_finite(np.asarray(block), f"{run.config.dataset.name} {split}")
     return _build(mesh, stacked, np.stack(labels), np.stack(masks))
 
 
@@ -220,10 +223,7 @@ def _save(path: Path, fingerprint: str, bank: ShardedFeatures) -> None:
         order=bank.order,
         fingerprint=np.array(fingerprint),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    files.write_bytes(path, buffer.getvalue())
 
 
 def _load(path: Path, fingerprint: str, mesh: Mesh) -> ShardedFeatures | None:

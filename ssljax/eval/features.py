@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from ssljax.checkpoint import Checkpointer
 from ssljax.data import pipeline, registry
+from ssljax.errors import UserError
 from ssljax.run import LoadedRun, load_run
 from ssljax.sharding import REPLICATED, SPLIT, make_mesh
 
@@ -129,7 +130,21 @@ def extract_features(
         )
         features.append(np.asarray(out)[keep])
         labels.append(np.asarray(label)[keep])
-    return np.concatenate(features), np.concatenate(labels)
+    features = np.concatenate(features)
+    check_finite(features, f"{run.config.dataset.name} {split}")
+    return features, np.concatenate(labels)
+
+
+def check_finite(features: np.ndarray, what: str) -> None:
+    """A UserError if any feature is NaN or infinite (an encoder whose weights diverged)."""
+    bad = ~np.isfinite(features)
+    if bad.any():
+        rows = int(bad.any(axis=tuple(range(1, features.ndim))).sum())
+        raise UserError(
+            f"the encoder's features of {what} are not finite in {rows} of {len(features)} "
+            "images: its weights hold NaN or infinity (a diverged run); evaluate an earlier "
+            "--checkpoint, or retrain with a lower learning rate"
+        )
 
 
 def _fingerprint(run: EvalRun, variables: Any, split: str) -> str:

@@ -24,6 +24,7 @@ ResNet-50 on ImageNet; training one here takes what a supervised ImageNet run ta
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 
@@ -38,6 +39,7 @@ from etils.epath import Path
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
+from ssljax import files
 from ssljax.data import pipeline, registry
 from ssljax.errors import UserError
 from ssljax.eval import supervised
@@ -171,9 +173,8 @@ def load_or_train_classifier(run, directory: Path, split: str, epochs: int, batc
         return jax.device_put(variables, run.replicated), description, False
     variables = train_classifier(run, split, epochs, batch_size, seed=config.seed)
     if jax.process_index() == 0:
-        directory.mkdir(parents=True, exist_ok=True)
-        weights.write_bytes(flax.serialization.to_bytes(jax.device_get(variables)))
-        meta.write_text(json.dumps(description, indent=2) + "\n")
+        files.write_bytes(weights, flax.serialization.to_bytes(jax.device_get(variables)))
+        files.write_json(meta, description)
     return variables, description, True
 
 
@@ -279,9 +280,9 @@ def run(args: argparse.Namespace) -> dict:
         "grid": str(out / f"perceptual{suffix}.png"),
     }
     if jax.process_index() == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"perceptual{suffix}.png").write_bytes(grid_png(originals, reconstructions))
-        with (out / f"perceptual{suffix}_grid.npz").open("wb") as f:
-            np.savez_compressed(f, originals=originals, reconstructions=reconstructions)
-        (out / f"perceptual{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+        files.write_bytes(out / f"perceptual{suffix}.png", grid_png(originals, reconstructions))
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, originals=originals, reconstructions=reconstructions)
+        files.write_bytes(out / f"perceptual{suffix}_grid.npz", buffer.getvalue())
+        files.write_json(out / f"perceptual{suffix}.json", result)
     return result

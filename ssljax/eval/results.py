@@ -10,11 +10,10 @@ network and `knn_step_*.json` older ones.
 
 from __future__ import annotations
 
-import json
-
 import jax
 from etils.epath import Path
 
+from ssljax import files
 from ssljax.eval import features as feats
 from ssljax.run import load_config
 
@@ -61,6 +60,5 @@ def write_result(workdir: str | Path, name: str, result: dict) -> Path:
     """Write `result` to `DIR/eval/NAME.json` (process 0 only); returns the path."""
     out = Path(workdir) / "eval" / f"{name}.json"
     if jax.process_index() == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        files.write_json(out, result)
     return out

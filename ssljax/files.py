@@ -1,0 +1,124 @@
+"""Every file ssljax writes in a workdir goes through here, so no kill leaves half a file.
+
+A whole file (config.json, eval/*.json, report files, the feature cache) is written to a
+temporary name beside it and renamed over the target: readers see the old file or the new
+one, never a mix (a local rename is atomic; on `gs://` the object appears whole when its
+upload completes). `metrics.jsonl` grows by appending a line where the filesystem can
+append (local disks); on object stores, which cannot, it is rewritten whole, atomically.
+
+JSON written here is strict JSON: a non-finite float becomes the string "NaN", "Infinity"
+or "-Infinity" (`float()` in Python and `Number()` in JavaScript read them back);
+`read_jsonl` turns them back into floats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import uuid
+from typing import Any
+
+from etils.epath import Path
+
+from ssljax.errors import UserError
+
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _is_local(path: Path) -> bool:
+    return "://" not in os.fspath(path)
+
+
+def _temporary(path: Path) -> Path:
+    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file and a rename; creates the parent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        if _is_local(path):
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every non-finite float replaced by its string name (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kwargs) -> str:
+    """`json.dumps` that always produces strict JSON (see `finite_json`)."""
+    return json.dumps(finite_json(value), allow_nan=False, **kwargs)
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    return write_text(path, dumps(value, indent=2) + "\n")
+
+
+def _decode_row(row: dict) -> dict:
+    return {k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()}
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file. A truncated last line (a write cut off by a kill) is
+    dropped with a warning; an unreadable line before it is a UserError."""
+    path = Path(path)
+    lines = path.read_text().splitlines() if path.exists() else []
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(_decode_row(json.loads(line)))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                print(
+                    f"warning: dropped the cut-off last line {number} of {path}: {line[:60]!r}",
+                    file=sys.stderr,
+                )
+                continue
+            raise UserError(
+                f"line {number} of {path} is not JSON ({line[:60]!r}); delete that line to go on"
+            ) from None
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    """Replace `path` with `rows`, one JSON object a line, atomically."""
+    return write_text(path, "".join(dumps(r) + "\n" for r in rows))
+
+
+def append_jsonl(path: str | Path, row: dict, rows: list[dict]) -> None:
+    """Append `row` to `path`; `rows` (every row already in the file, `row` included) is
+    what gets written where the filesystem cannot append (gs://)."""
+    path = Path(path)
+    if not _is_local(path):
+        write_jsonl(path, rows)
+        return
+    with open(path, "a") as f:
+        f.write(dumps(row) + "\n")
+        f.flush()
