@@ -13,6 +13,7 @@ CONFIG_FILES = sorted(glob.glob(str(ROOT / "configs" / "*.py")))
 SHARED = {"method", "preset", "seed", "batch_size", "epochs", "total_steps", "dataset"}
 SHARED |= {"augment", "model", "optimizer", "online_probe", "log_every_steps", "eval"}
 SHARED |= {"checkpoint_every_steps", "keep_checkpoints", "max_train_seconds"}
+SHARED |= {"nonfinite", "nonfinite_max_skips"}
 
 
 def test_base_config_holds_only_what_every_method_shares():
