@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A Fashion-MNIST miniature of SaGe's Table 7 (Tian et al. 2021): what the generation loss
+# A Fashion-MNIST miniature of SaGe's Table 7 (Xu et al. 2021): what the generation loss
 # and its evaluator add to BYOL, in k-NN / linear accuracy and in the perceptual test.
 #
 #   row                 configs/sage.py:fashion_mnist with              paper (IN-1k, 100 ep)

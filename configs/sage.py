@@ -1,4 +1,4 @@
-"""SaGe (Tian et al. 2021): BYOL + a decoder + a frozen, label-free evaluator.
+"""SaGe (Xu et al. 2021): BYOL + a decoder + a frozen, label-free evaluator.
 
 SaGe trains in two stages: first a label-free evaluator (our BYOL, same preset), then
 SaGe with it, loaded from that run's --workdir:

@@ -159,7 +159,7 @@ def sage_generation_loss(
     reconstruction_features: dict[str, jax.Array],
     weights: dict[str, float],
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """SaGe's generation loss L_G of one view (Tian et al. 2021, eq. 4 and App. A).
+    """SaGe's generation loss L_G of one view (Xu et al. 2021, eq. 4 and App. A).
 
     L_G = w_pixels·MSE(x, x̃) + Σ_l w_l·MSE(h_l(x), h_l(x̃)), each MSE a mean over every
     element, as PyTorch's `MSELoss` in the authors' code. `target` x and `reconstruction`

@@ -1,4 +1,4 @@
-"""SaGe's perceptual test (Tian et al. 2021, §4.4, Table 7): are reconstructions recognisable?
+"""SaGe's perceptual test (Xu et al. 2021, §4.4, Table 7): are reconstructions recognisable?
 
     python -m ssljax.eval perceptual --workdir=DIR [--classifier-dir=C] [--classifier-epochs=N]
 

@@ -1,4 +1,4 @@
-"""SaGe (Tian et al. 2021): BYOL plus semantic-aware generation.
+"""SaGe (Xu et al. 2021): BYOL plus semantic-aware generation.
 
 Online: BYOL's encoder → projector → predictor, and a decoder (`ssljax.models.decoder`)
 from the encoder's final feature map back to the image. Target: BYOL's EMA of encoder and
