@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -69,10 +70,15 @@ class Checkpointer:
         checkpoint that restores, skipping (with a warning) newer ones that do not."""
         if step is not None:
             return self._restore(init, rng, sharding, step)
+        return self._newest_that_restores(lambda s: self._restore(init, rng, sharding, s))
+
+    def _newest_that_restores(self, restore: Callable[[int], Any]) -> Any:
+        """`restore(step)` of the newest step that restores, skipping (with a warning, and
+        remembering them as unreadable) newer ones whose files are damaged."""
         failures = []
         while (newest := self.latest_step()) is not None:
             try:
-                state = self._restore(init, rng, sharding, newest)
+                restored = restore(newest)
             except UserError:
                 raise
             except Exception as e:  # orbax/tensorstore raise many kinds for damaged files
@@ -93,7 +99,7 @@ class Checkpointer:
                     file=sys.stderr,
                     flush=True,
                 )
-            return state
+            return restored
         raise UserError(
             f"no checkpoint in {self.directory} can be restored (unreadable: step(s) "
             f"{', '.join(map(str, failures))}); move the damaged step directories away to start "
@@ -136,10 +142,15 @@ class Checkpointer:
         return TrainState(**restored)
 
     def restore_as_saved(
-        self, step: int, sharding: NamedSharding, skip: tuple[str, ...] = ()
+        self, step: int | None, sharding: NamedSharding, skip: tuple[str, ...] = ()
     ) -> dict:
         """The fields saved at `step` but those in `skip`, with the shapes and dtypes they
-        were saved with (no template: for loading a run without its optimiser or dataset)."""
+        were saved with (no template: for loading a run without its optimiser or dataset).
+        `step` None: the newest checkpoint that restores (as `restore`)."""
+        if step is None:
+            return self._newest_that_restores(
+                lambda s: self.restore_as_saved(s, sharding, skip)
+            )
         tree = self.manager.item_metadata(step).tree
         item = {
             name: jax.tree_util.tree_map(

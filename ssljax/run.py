@@ -110,6 +110,8 @@ def load_run(
     mesh = make_mesh() if mesh is None else mesh
     if random_init:
         return LoadedRun(workdir, config, method, _random_init(method, config, mesh), 0)
+    if not (workdir / "checkpoints").exists():  # (a Checkpointer would create it)
+        raise UserError(f"no checkpoint in {workdir}: train first, or pass --random-init")
     checkpointer = Checkpointer(workdir / "checkpoints", asynchronous=False)
     try:
         saved = checkpointer.all_steps()
@@ -117,7 +119,6 @@ def load_run(
             raise UserError(f"no checkpoint in {workdir}: train first, or pass --random-init")
         if step is not None and step not in saved:
             raise UserError(f"no checkpoint for step {step} in {workdir}; saved: {saved}")
-        step = max(saved) if step is None else step
         fields = checkpointer.restore_as_saved(
             step, NamedSharding(mesh, REPLICATED), skip=("opt_state",)
         )

@@ -145,7 +145,8 @@ def test_eight_device_step_equals_one_device_step():
             assert float(m8[name]) == pytest.approx(float(m1[name]), rel=1e-4), name
     np.testing.assert_allclose(state8.center, state1.center, rtol=1e-4, atol=1e-7)
     for a, b in zip(jax.tree.leaves(state8.params), jax.tree.leaves(state1.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+        # near-zero parameters (|p| ~ 1e-6) differ by float32 reduction order
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-6)
     assert float(np.abs(state8.center).sum()) > 0
 
 
