@@ -196,11 +196,12 @@ def test_missing_evaluator_stops_the_run_before_anything_is_written(tmp_path):
 def two_stage(short_resnets, tmp_path_factory):
     """BYOL smoke (the evaluator), then SaGe smoke with λ = 0 on it: same seed, data, steps."""
     root = tmp_path_factory.mktemp("sage")
-    byol_state = jax.device_get(
-        train.train(configlib.load(str(CONFIGS / "byol.py:smoke")), root / "byol")
-    )
+    byol_config = configlib.load(str(CONFIGS / "byol.py:smoke"))
+    byol_state = jax.device_get(train.train(byol_config, root / "byol"))
     config = _config(checkpoint=str(root / "byol"))
     config.generation_weight = 0.0
+    # The same views as the BYOL run (SaGe's preset follows its PyTorch reference's jitter).
+    config.augment.jitter_style = byol_config.augment.jitter_style
     sage_state = jax.device_get(train.train(config, root / "sage"))
     return root, byol_state, sage_state
 
@@ -338,10 +339,11 @@ def test_evaluator_normalises_as_evaluator_bn_says_and_never_changes():
         del method.evaluator_features
         return calls
 
-    # 'batch': the views and the reconstructions pass separately (own statistics, as the
-    # reference's r_function(img) and r_function(recon)); 'running': one pass over both.
+    # Both modes pass the views and the reconstructions separately: 'batch' for their own
+    # statistics (the reference's r_function(img) and r_function(recon)), 'running' so that
+    # the evaluator's backward pass covers b images, not 2b (same outputs in inference mode).
     assert features_and_calls("batch") == [4, 4]
-    assert features_and_calls("running") == [8]
+    assert features_and_calls("running") == [4, 4]
 
     @jax.jit
     def features(frozen, images):
