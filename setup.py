@@ -31,7 +31,7 @@ setup(
         "tqdm>=4.70.1",  # evaluation progress bars (also a tfds dependency)
     ],
     extras_require={
-        "dev": ["pytest>=9.0.3", "ruff>=0.17.6", "import-linter>=2.16"],
+        "dev": ["pytest>=9.0.3", "pytest-xdist>=3.8.0", "ruff>=0.17.6", "import-linter>=2.16"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda13]>=0.10.2"],  # NVIDIA driver for CUDA 13
         "gpu-cuda12": ["jax[cuda12]>=0.10.2"],  # older drivers (CUDA 12)

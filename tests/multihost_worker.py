@@ -8,7 +8,9 @@ With TOTAL_STEPS the run logs every step, so that a test can send SIGTERM mid-ru
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+# 4 devices a process; the test session's other flags (tests/conftest.py) are kept.
+_flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+os.environ["XLA_FLAGS"] = " ".join([*_flags, "--xla_force_host_platform_device_count=4"])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402

@@ -12,9 +12,7 @@ ROOT = Path(__file__).parent.parent
 
 
 def _run(*args, tmp_path):
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="3"
-    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")  # 8 devices: tests/conftest.py
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )

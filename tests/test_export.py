@@ -187,7 +187,7 @@ def test_conversion_is_exact_for_every_tensor(name, format, model, torch_worker,
     variables = jax.jit(lambda: module.init(jax.random.PRNGKey(0), images, train=False))()
     variables = _randomised(dict(variables), seed=1)
     variables.setdefault("batch_stats", {})
-    ours = jax.jit(module.apply, static_argnames="train")(variables, images, False)["pooled"]
+    ours = jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, images)["pooled"]
     spec = convert.target(config, 32, format)
     out = tmp_path / f"{name}.safetensors"
     files.write_state_dict(out, convert.state_dict(module, variables, spec))
@@ -210,7 +210,7 @@ def test_conversion_is_exact_for_every_tensor(name, format, model, torch_worker,
 def test_a_pair_no_library_has_exits_2_with_one_line_and_writes_nothing(
     model, format, message, tmp_path, capsys
 ):
-    config = _smoke_config("resnet18", **model)
+    config = _smoke_config(**{"name": "resnet18", **model})
     train.save_config(config, tmp_path)
     out = tmp_path / "encoder.pth"
     with pytest.raises(SystemExit) as exit_info:

@@ -411,13 +411,7 @@ def test_train_batches_with_fh_masks_follow_the_contract_and_resume_exactly(fash
             for m, i in zip(mask, ids, strict=True):
                 assert set(i) <= set(m.ravel())
         assert np.mean([len(np.unique(m)) for m in batch["mask1"]]) > 2  # real segments
-        shared = [
-            np.array_equal(a, b) or not set(m1.ravel()) & set(m2.ravel())
-            for a, b, m1, m2 in zip(
-                batch["ids1"], batch["ids2"], batch["mask1"], batch["mask2"], strict=True
-            )
-        ]
-        assert all(shared)
+        # How the two views' ids relate is `masks.sampling`'s (test_the_pipeline_samples_...).
     for start in (2, 5):
         for a, b in zip(full[start:], _batches(config, 6 - start, start), strict=False):
             for key in a:

@@ -126,7 +126,7 @@ def evaluate(
     memory = extract(run.dataset.memory_split)
     queries = extract(run.dataset.test_split)
     labels = queries.ordered_labels()
-    ks = ks or (config.eval.knn_k, 200)
+    ks = tuple(dict.fromkeys((config.eval.knn_k, *(ks or (200,)))))  # top1 is at knn_k
     result = {
         "metric": "knn",
         "workdir": str(workdir),
