@@ -8,7 +8,8 @@ Presets (ImageNet, 200 epochs, B = 1024, MobileNetV2 as in the paper's Tables 1�
   ResNets keep LARS; the ViTs (patch 16) use the SSLight code's `dino_vit_*.yaml`: AdamW
   (base_lr 5e-4, wd cosine 0.04 → 0.4, min LR 1e-5), 10 local crops, DINO's ViT head
   (65536-d, no BN, `norm_last_layer` False, τ_t warm-up 30 epochs), and DINO's own
-  ViT baseline S = 0.25 (LC 96, α = 1/11); ViT-S/16 and ResNet-50 train with B = 640.
+  ViT baseline S = 0.25 (LC 96, α = 1/11), stochastic depth 0.1 in the student
+  (`model.drop_path_rate`, `VIT.DROP_PATH_RATE`); ViT-S/16 and ResNet-50 train with B = 640.
 - `fashion_mnist` / `fashion_mnist_baseline`: the small CPU runs compared in
   docs/benchmarks.md (recipe / baseline view sampling, all else equal): ResNet-18 × 1/8
   with the 32-px stem, GC = 32 and LC scaled by 32/224 (18 and 14 px) so both keep the
@@ -21,7 +22,6 @@ Every run: 2 global crops at GC = `dataset.image_size` (224), `byol` colour
 augmentations (DINO's), blur p (1.0, 0.1, 0.5) and solarize p (0, 0.2, 0) for (global 1,
 global 2, locals); LARS base_lr 0.48 (LR 0.48 × B/256), wd 1e-6, 10 warm-up epochs,
 cosine to min LR 0.0048 (the SSLight code's CNN yamls); teacher EMA τ 0.996 → 1.
-Not reproduced: the ViTs' drop-path rate 0.1 (docs/fidelity.md).
 
 Fields beyond `configlib.base_config()`:
 - `multicrop`: `num_global` N_g, `num_local` N_l, `local_size` LC, `global_min_scale`
@@ -127,6 +127,7 @@ def use_backbone(config, name: str):
         config.batch_size = 640  # §4.3: "due to hardware limitations"
     if name.startswith("vit"):
         config.model.patch_size = 16
+        config.model.drop_path_rate = 0.1  # dino_vit_*.yaml: VIT.DROP_PATH_RATE, student only
         config.optimizer.name = "adamw"
         config.optimizer.base_lr = 5e-4
         config.optimizer.weight_decay = 0.04

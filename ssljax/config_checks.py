@@ -95,6 +95,7 @@ RULES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("model.bn_momentum", "in [0, 1]", probability),
     ("model.patch_size", "a positive integer", positive_int),
     ("model.depth", "an integer ≥ 0 (0: the model's own)", nonnegative_int),
+    ("model.drop_path_rate", "in [0, 1)", lambda x: _number(x) and 0 <= x < 1),
     ("projector.hidden_dims", "positive integers", each(positive_int)),
     ("projector.out_dim", "a positive integer", positive_int),
     ("predictor.hidden_dims", "positive integers", each(positive_int)),

@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on TPU
     c.model.patch_size = 16  # ViT patch side (e.g. 4 for 32-px images)
     c.model.depth = 0  # ViT blocks; 0: the named model's (12)
+    c.model.drop_path_rate = 0.0  # ViT stochastic depth in training (last block's rate)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "lars"

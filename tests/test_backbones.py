@@ -5,13 +5,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy.special import erf
 
-from ssljax import configlib, engine, sharding, train
+from ssljax import config_checks, configlib, engine, sharding, train
 from ssljax.errors import UserError
 from ssljax.methods.base import build_encoder
+from ssljax.methods.byol import Byol
 from ssljax.models.backbones import BACKBONES, build_backbone
 from ssljax.models.mobilenet_v2 import MobileNetV2, build_mobilenet_v2, make_divisible
-from ssljax.models.vit import VisionTransformer, build_vit, resize_position_embedding
+from ssljax.models.vit import (
+    EncoderBlock,
+    VisionTransformer,
+    build_vit,
+    drop_path,
+    resize_position_embedding,
+)
 from ssljax.optim import adaptation_mask, build_optimizer
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -148,6 +156,134 @@ def test_vit_position_embedding_is_resized_for_other_image_sizes():
 def test_vit_rejects_images_smaller_than_a_patch():
     with pytest.raises(UserError, match="patch_size"):
         build_vit("vit_tiny", image_size=8, patch_size=16)
+
+
+def _numpy_drop_path(x, rate, uniform):
+    """DINO's `drop_path` (vision_transformer.py) given its per-sample U[0, 1) draws."""
+    keep = 1 - rate
+    random_tensor = np.floor(keep + uniform.reshape((-1,) + (1,) * (x.ndim - 1)))
+    return x / keep * random_tensor
+
+
+def test_drop_path_zeroes_a_fraction_rate_of_samples_and_scales_the_rest_like_dinos():
+    samples, rate = 20_000, 0.3
+    x = np.random.default_rng(0).normal(size=(samples, 3, 2)).astype(np.float32)
+    rng = jax.random.PRNGKey(7)
+    got = np.asarray(drop_path(jnp.asarray(x), rate, rng))
+    uniform = np.asarray(jax.random.uniform(rng, (samples, 1, 1)))
+    np.testing.assert_allclose(got, _numpy_drop_path(x, rate, uniform), rtol=1e-6)
+    dropped = np.all(got == 0, axis=(1, 2))
+    assert abs(dropped.mean() - rate) < 4 * np.sqrt(rate * (1 - rate) / samples)
+    np.testing.assert_allclose(got[~dropped], x[~dropped] / (1 - rate), rtol=1e-6)
+
+
+def _numpy_block(x, p, rate, uniforms):
+    """DINO's `Block.forward` in float64 numpy; `uniforms` are its two DropPath calls' draws."""
+
+    def norm(x, q):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-6) * q["scale"] + q["bias"]
+
+    def dense(x, q):
+        return x @ q["kernel"] + q["bias"]
+
+    batch, tokens, dim = x.shape
+    heads = 3
+    qkv = dense(norm(x, p["norm1"]), p["attention"]["qkv"])
+    q, k, v = qkv.reshape(batch, tokens, 3, heads, dim // heads).transpose(2, 0, 3, 1, 4)
+    logits = q @ k.transpose(0, 1, 3, 2) * (dim // heads) ** -0.5
+    attn = np.exp(logits - logits.max(-1, keepdims=True))
+    attn /= attn.sum(-1, keepdims=True)
+    y = (attn @ v).transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
+    x = x + _numpy_drop_path(dense(y, p["attention"]["proj"]), rate, uniforms[0])
+    h = dense(norm(x, p["norm2"]), p["mlp_fc1"])
+    h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
+    return x + _numpy_drop_path(dense(h, p["mlp_fc2"]), rate, uniforms[1])
+
+
+def test_vit_block_drops_its_attention_and_mlp_branches_per_sample_independently():
+    """Each sample's output is DINO's block with each branch kept (×1/(1 − p)) or dropped;
+    each branch is dropped for a fraction p of the samples, both for p²."""
+    samples, rate = 2000, 0.3
+    block = EncoderBlock(num_heads=3, drop_path_rate=rate)
+    x = np.random.default_rng(1).normal(size=(samples, 5, 12)).astype(np.float32)
+    shapes = jax.eval_shape(lambda: block.init(jax.random.PRNGKey(0), x[:1]))
+    rng = np.random.default_rng(2)
+    params = jax.tree.map(lambda s: 0.3 * rng.standard_normal(s.shape), shapes)["params"]
+    got = np.asarray(
+        jax.jit(lambda p, x, key: block.apply({"params": p}, x, train=True, rngs={"dropout": key}))(
+            params, x, jax.random.PRNGKey(3)
+        )
+    )
+    deterministic = block.apply({"params": params}, x, train=False)
+    np.testing.assert_allclose(
+        deterministic, _numpy_block(x, params, 0.0, np.full((2, samples), 0.999)), atol=1e-4
+    )
+    # U = 0 drops a branch, U → 1 keeps it (floor(1 − p + U)).
+    combos = [(a, m) for a in (0.0, 0.999) for m in (0.0, 0.999)]
+    errors = []
+    for draws in combos:
+        uniforms = np.broadcast_to(np.array(draws)[:, None], (2, samples))
+        error = np.abs(got - _numpy_block(x, params, rate, uniforms))
+        errors.append(error.reshape(samples, -1).max(-1))
+    errors = np.stack(errors)
+    assert np.all(np.sort(errors, axis=0)[0] < 1e-4)  # every sample is one of the four
+    assert np.all(np.sort(errors, axis=0)[1] > 1e-2)  # and only one
+    which = np.argmin(errors, axis=0)
+    attention_dropped = np.isin(which, (0, 1))
+    mlp_dropped = np.isin(which, (0, 2))
+    tolerance = 4 * np.sqrt(rate * (1 - rate) / samples)
+    assert abs(attention_dropped.mean() - rate) < tolerance
+    assert abs(mlp_dropped.mean() - rate) < tolerance
+    assert abs((attention_dropped & mlp_dropped).mean() - rate**2) < tolerance
+
+
+def test_vit_drop_path_rate_rises_linearly_over_the_blocks_like_dinos():
+    model = build_vit("vit_tiny", 32, patch_size=4, width=0.25, drop_path_rate=0.1)
+    # vision_transformer.py: dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+    np.testing.assert_allclose(model.drop_path_rates, [0.1 * i / 11 for i in range(12)])
+    assert build_vit("vit_tiny", 32, patch_size=4, depth=1, drop_path_rate=0.1).drop_path_rates == (
+        0.0,
+    )
+
+
+def test_vit_drop_path_acts_only_in_training_and_needs_a_dropout_rng_only_then():
+    images = jax.random.uniform(jax.random.PRNGKey(1), (8, 32, 32, 3))
+    plain = build_vit("vit_tiny", 32, patch_size=4, width=0.25, depth=2)
+    stochastic = plain.clone(drop_path_rate=0.5)
+    variables = _random_variables(plain, 32)
+    expected = plain.apply(variables, images, train=False)
+    for model, mode in ((plain, True), (stochastic, False)):  # no rng: none is needed
+        out = model.apply(variables, images, train=mode)
+        for name in expected:
+            np.testing.assert_array_equal(out[name], expected[name])
+    with pytest.raises(ValueError, match="'dropout' rng"):
+        stochastic.apply(variables, images, train=True)
+
+    def pooled(seed):
+        rngs = {"dropout": jax.random.PRNGKey(seed)}
+        return np.asarray(stochastic.apply(variables, images, train=True, rngs=rngs)["pooled"])
+
+    np.testing.assert_array_equal(pooled(0), pooled(0))
+    assert not np.allclose(pooled(0), pooled(1))
+    assert not np.allclose(pooled(0), expected["pooled"])
+
+
+def test_drop_path_rate_is_checked_and_only_dino_and_vits_take_it():
+    config = configlib.load(str(CONFIGS / "byol.py:smoke"))
+    assert config.model.drop_path_rate == 0.0
+    config.model.drop_path_rate = 1.0
+    with pytest.raises(UserError, match="drop_path_rate=1.0: must be in"):
+        config_checks.check(config)
+    config.model.drop_path_rate = 0.1
+    with pytest.raises(UserError, match="ViTs only, not resnet18"):
+        build_encoder(config)
+    config.model.name = "vit_tiny"
+    config.model.patch_size = 4
+    assert build_encoder(config).drop_path_rate == 0.1
+    assert build_encoder(config, drop_path=False).drop_path_rate == 0.0
+    with pytest.raises(UserError, match="byol does not train with stochastic depth"):
+        Byol(config, total_steps=10)
 
 
 def test_build_encoder_dispatches_on_the_model_name_and_keeps_bn_options():

@@ -174,6 +174,44 @@ def test_last_layer_gets_no_gradient_during_the_first_epoch():
     assert np.abs(frozen["projector"]["bottleneck_dense"]["kernel"]).max() > 0
 
 
+def test_student_uses_drop_path_and_the_teacher_does_not():
+    """DINO's main_dino.py (and SSLight's model/dino.py) give the student ViT
+    drop_path_rate and build the teacher without: the teacher's outputs (here through the
+    centre update) do not depend on the loss's rng, the student's do."""
+    config = _config(
+        model__name="vit_tiny",
+        model__depth=2,
+        model__patch_size=4,
+        model__width=0.25,
+        model__drop_path_rate=0.5,
+        multicrop__num_local=2,
+    )
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    method = Dino(config, total_steps=10)
+    assert method.online.encoder.drop_path_rate == 0.5
+    assert method.target.encoder.drop_path_rate == 0.0
+    assert method.encoder.drop_path_rate == 0.0  # evaluation: deterministic
+    tx, _ = build_optimizer(config.optimizer, config.batch_size, 5, 10)
+    state = engine.make_init(method, tx, mesh, (GLOBAL, GLOBAL, 3), 10)(jax.random.PRNGKey(0))
+    batch = sharding.global_batch(multicrop_batch(config.batch_size, num_local=2), mesh)
+
+    def outputs(rng):
+        def loss(state, batch):
+            aux = method.loss(state.params, state, batch, rng)[1]
+            return aux["updates"]["center"], aux["features"]
+
+        fn = jax.shard_map(
+            loss, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(), check_vma=False
+        )
+        return jax.device_get(jax.jit(fn)(state, batch))
+
+    center0, student0 = outputs(jax.random.PRNGKey(0))
+    center1, student1 = outputs(jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(center0, center1)
+    assert np.abs(center0).sum() > 0
+    assert not np.allclose(student0, student1)
+
+
 def test_registered_and_presets_hold_the_papers_numbers():
     assert get_method("dino") is Dino
     config = _config("recipe")
@@ -272,3 +310,7 @@ def test_cnn_and_vit_presets_hold_the_sslight_codes_dino_settings():
         1e-5,
     )
     assert (vit.optimizer.weight_decay, vit.optimizer.weight_decay_end) == (0.04, 0.4)
+    # dino_vit_sslight.yaml and dino_vit_baseline.yaml: VIT.DROP_PATH_RATE 0.1 (the student's)
+    for preset in ("recipe_vit_tiny", "baseline_vit_tiny", "recipe_vit_small"):
+        assert _config(preset).model.drop_path_rate == 0.1, preset
+    assert cnn.model.drop_path_rate == 0.0 and _config("smoke").model.drop_path_rate == 0.0

@@ -5,6 +5,7 @@ import math
 from itertools import islice
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ from ssljax.data import augment, fashion_mnist, multicrop, pipeline
 from ssljax.errors import UserError
 from ssljax.methods import crop_forward
 from ssljax.models.norm import BatchNorm
+from ssljax.models.vit import EncoderBlock
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 BASELINE = multicrop.MultiCrop()  # 224 / 96, S_g = S_l = 0.14
@@ -227,3 +229,30 @@ def test_apply_crops_normalises_each_crop_alone_or_all_crops_together(per_crop_b
     assert per_crop_means < 1e-5 if per_crop_bn else per_crop_means > 0.5
     # Running mean: momentum 0.9 from 0 towards the mean of all crops either way.
     np.testing.assert_allclose(stats["mean"], 0.1 * np.asarray(crops).mean(axis=(0, 1)), rtol=1e-4)
+
+
+class _DropPathBlock(nn.Module):
+    """A ViT block with drop path 0.5 whose output is a dict, as the networks' are."""
+
+    @nn.compact
+    def __call__(self, x, train):
+        return {"out": EncoderBlock(num_heads=1, drop_path_rate=0.5)(x, train=train)}
+
+
+@pytest.mark.parametrize("per_crop_bn", [True, False])
+def test_every_crop_and_resolution_draws_its_own_drop_path(per_crop_bn):
+    """Identical crops (2 global, 2 local) get different drop decisions: each crop and
+    each resolution has its own 'dropout' key, with or without per-crop BN."""
+    module = _DropPathBlock()
+    one = np.random.default_rng(5).normal(size=(16, 3, 4)).astype(np.float32)
+    same = jnp.asarray(np.broadcast_to(one[:, None], (16, 2, 3, 4)))  # [b, N, tokens, dim]
+    batch = {"global": same, "local": same}
+    params = module.init(jax.random.PRNGKey(0), one, train=False)["params"]
+    forward = jax.jit(
+        lambda p, b, rng: crop_forward.apply_all_crops(module, p, {}, b, per_crop_bn, ("out",), rng)
+    )
+    outputs, _ = forward(params, batch, jax.random.PRNGKey(1))
+    out = np.asarray(outputs["out"]).reshape(4, 16, -1)  # global 0, 1, local 0, 1
+    for i in range(4):
+        for j in range(i):
+            assert not np.allclose(out[i], out[j]), (i, j)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssljax.errors import UserError
-from ssljax.models.backbones import build_backbone
+from ssljax.models.backbones import build_backbone, without_drop_path
 from ssljax.models.heads import MLP
 from ssljax.optim import cosine_increase
 from ssljax.sharding import DATA_AXIS
@@ -66,13 +66,17 @@ def ema(target: Any, online: Any, tau: jax.Array) -> Any:
     return jax.tree_util.tree_map(lambda t, o: tau * t + (1.0 - tau) * o, target, online)
 
 
-def build_encoder(config: ml_collections.ConfigDict, bn_group=None, axis_name=DATA_AXIS):
-    """The backbone named by `config.model`, with its BN statistics over `bn_group`."""
+def build_encoder(
+    config: ml_collections.ConfigDict, bn_group=None, axis_name=DATA_AXIS, drop_path=True
+):
+    """The backbone named by `config.model`, with its BN statistics over `bn_group`, and a
+    ViT's stochastic depth (`config.model.drop_path_rate`) unless `drop_path` is False."""
     return build_backbone(
         config.model,
         config.dataset.image_size,
         bn_group=config.bn_group if bn_group is None else bn_group,
         axis_name=axis_name,
+        drop_path=drop_path,
     )
 
 
@@ -105,16 +109,27 @@ class Method:
     # transfers: the default of `python -m ssljax.eval --network` and `ssljax.export`.
     networks: tuple[str, ...] = ("online",)
     evaluated_network: str = "online"
+    # Whether `loss` gives its networks a 'dropout' rng, which a ViT's stochastic depth
+    # (`config.model.drop_path_rate` > 0) draws from in training; the others refuse a rate.
+    uses_drop_path: bool = False
 
     def __init__(self, config: ml_collections.ConfigDict, total_steps: int):
         self.config = config
         self.total_steps = total_steps
         self.online: nn.Module
+        rate = config.get("model", {}).get("drop_path_rate", 0.0) if config is not None else 0.0
+        if rate and not self.uses_drop_path:
+            method = config.get("method", type(self).__name__)
+            raise UserError(
+                f"--config.model.drop_path_rate={rate}: {method} does not train with "
+                "stochastic depth (only dino's student does); set it to 0"
+            )
 
     @property
     def encoder(self) -> nn.Module:
-        """The backbone whose pooled features are evaluated (params under 'encoder')."""
-        return self.online.encoder
+        """The backbone whose pooled features are evaluated (params under 'encoder'), without
+        a ViT's stochastic depth: evaluation and fine-tuning run it deterministically."""
+        return without_drop_path(self.online.encoder)
 
     def encoder_variables(self, state: TrainState, network: str | None = None) -> dict[str, Any]:
         """{'params', 'batch_stats'} of `network`'s encoder (default: `evaluated_network`),

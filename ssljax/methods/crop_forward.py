@@ -10,6 +10,10 @@ with its own statistics, as two-view methods normalise every view (the network i
 crop axis, one compiled body for all crops of a resolution); False normalises all crops
 of one resolution together, as the DINO/SwAV/SSLight code does (its MultiCropWrapper
 concatenates same-size crops into one forward pass).
+
+`rng` (optional) is the 'dropout' stream of a network with stochastic depth (DINO's ViT
+student): each crop and each resolution gets its own key, so every sample of every crop
+draws its own drop decisions, as in the concatenated forward pass of the reference.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ def crops_first(images: jax.Array) -> jax.Array:
     return jnp.swapaxes(images, 0, 1)
 
 
-def _apply(module: nn.Module, params: Any, batch_stats: Any, images: jax.Array):
+def _apply(
+    module: nn.Module, params: Any, batch_stats: Any, images: jax.Array, rng: jax.Array | None
+):
     """A training-mode forward pass; a network without batch norm (ViT) returns its
     (empty) statistics unchanged."""
     outputs, mutated = module.apply(
@@ -35,6 +41,7 @@ def _apply(module: nn.Module, params: Any, batch_stats: Any, images: jax.Array):
         images,
         train=True,
         mutable=["batch_stats"],
+        rngs=None if rng is None else {"dropout": rng},
     )
     return outputs, mutated.get("batch_stats", batch_stats)
 
@@ -46,27 +53,30 @@ def apply_crops(
     crops: jax.Array,
     per_crop_bn: bool,
     keys: Sequence[str],
+    rng: jax.Array | None = None,
 ) -> tuple[dict[str, jax.Array], Any]:
     """The outputs named `keys` of `module` on crops [N, b, H, W, 3], as [N, b, …] (each
     leaf of a dict output), and the updated running statistics (with per-crop BN: the
     mean of the N crops' updates). With N = 0 (no local crops) nothing runs: empty outputs
-    and the statistics as they were."""
+    and the statistics as they were. `rng`: the 'dropout' stream (module doc), or None."""
     if crops.shape[0] == 0:
         one = jax.eval_shape(
-            lambda images: _apply(module, params, batch_stats, images)[0],
+            lambda images: _apply(module, params, batch_stats, images, rng)[0],
             jax.ShapeDtypeStruct(crops.shape[1:], crops.dtype),
         )
         return {k: jnp.zeros((0,) + one[k].shape, one[k].dtype) for k in keys}, batch_stats
     if per_crop_bn:
 
-        def one_crop(images):
-            outputs, stats = _apply(module, params, batch_stats, images)
+        def one_crop(images, crop_rng):
+            outputs, stats = _apply(module, params, batch_stats, images, crop_rng)
             return {k: outputs[k] for k in keys}, stats
 
-        outputs, stats = jax.vmap(one_crop)(crops)
+        crop_rngs = None if rng is None else jax.random.split(rng, crops.shape[0])
+        outputs, stats = jax.vmap(one_crop)(crops, crop_rngs)
         return outputs, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
     num, batch = crops.shape[:2]
-    outputs, stats = _apply(module, params, batch_stats, crops.reshape((-1,) + crops.shape[2:]))
+    flat = crops.reshape((-1,) + crops.shape[2:])
+    outputs, stats = _apply(module, params, batch_stats, flat, rng)
     outputs = {k: outputs[k] for k in keys}
     return jax.tree.map(lambda x: x.reshape((num, batch) + x.shape[1:]), outputs), stats
 
@@ -78,13 +88,15 @@ def apply_all_crops(
     batch: dict[str, jax.Array],
     per_crop_bn: bool,
     keys: Sequence[str],
+    rng: jax.Array | None = None,
 ) -> tuple[dict[str, jax.Array], Any]:
     """`apply_crops` on the global crops, then the local ones; outputs [N_g + N_l, b, …]."""
+    global_rng, local_rng = (None, None) if rng is None else jax.random.split(rng)
     global_out, stats = apply_crops(
-        module, params, batch_stats, crops_first(batch["global"]), per_crop_bn, keys
+        module, params, batch_stats, crops_first(batch["global"]), per_crop_bn, keys, global_rng
     )
     local_out, stats = apply_crops(
-        module, params, stats, crops_first(batch["local"]), per_crop_bn, keys
+        module, params, stats, crops_first(batch["local"]), per_crop_bn, keys, local_rng
     )
     return jax.tree.map(
         lambda g, loc: jnp.concatenate([g, loc], axis=0), global_out, local_out

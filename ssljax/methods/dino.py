@@ -9,6 +9,11 @@ softmax((g_t − c)/τ_t) of every other global crop, re-balanced by α
 (`config.multicrop.alpha`, SSLight eq. 3). τ_t rises linearly from 0.04 to 0.07 over the
 first 30 epochs; the last layer gets no gradient during the first epoch.
 
+Stochastic depth (`config.model.drop_path_rate`, a ViT's; 0.1 in SSLight's ViT runs): in
+the student only, as DINO's ``main_dino.py`` and SSLight's ``model/dino.py`` build the
+teacher ViT without ``drop_path_rate``. The student's 'dropout' keys come from the loss's
+per-device, per-step `rng`; the teacher runs without one.
+
 The centre c (TrainState.center, [K]) is c ← 0.9·c + 0.1·mean of the teacher outputs of
 the global batch. The mean is a pmean over the `data` axis inside the loss, so c comes
 out identical on every device and the engine passes it through unchanged.
@@ -83,6 +88,7 @@ class WeightNormDense(nn.Module):
 class Dino(EmaTargetMethod):
     target_keys = ("encoder", HEAD)
     evaluated_network = "target"
+    uses_drop_path = True
 
     def __init__(self, config, total_steps):
         super().__init__(config, total_steps)
@@ -96,7 +102,8 @@ class Dino(EmaTargetMethod):
             bn=partial(BatchNorm, group=config.bn_group, axis_name=DATA_AXIS),
         )
         self.online = SiameseNetwork(build_encoder(config), head, head_output="logits")
-        self.target = self.online
+        teacher = build_encoder(config, drop_path=False)
+        self.target = SiameseNetwork(teacher, head, head_output="logits")
         self.per_crop_bn = config.multicrop.per_crop_bn
         self.warmup_steps = crop_forward.epochs_to_steps(
             dino.warmup_teacher_temperature_epochs, total_steps, config
@@ -128,7 +135,7 @@ class Dino(EmaTargetMethod):
         )
         keys = ("pooled", "logits")
         student, stats = crop_forward.apply_all_crops(
-            self.online, student_params, state.batch_stats, batch, self.per_crop_bn, keys
+            self.online, student_params, state.batch_stats, batch, self.per_crop_bn, keys, rng
         )
         teacher, target_stats = crop_forward.apply_crops(
             self.target,

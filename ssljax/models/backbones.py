@@ -20,18 +20,34 @@ from ssljax.sharding import DATA_AXIS
 BACKBONES = (*RESNET_DEPTHS, "mobilenet_v2", *VIT_SIZES)
 
 
+def without_drop_path(backbone: nn.Module) -> nn.Module:
+    """`backbone` with a ViT's stochastic depth off (the same parameters)."""
+    if getattr(backbone, "drop_path_rate", 0.0):
+        return backbone.clone(drop_path_rate=0.0)
+    return backbone
+
+
 def build_backbone(
     model: ml_collections.ConfigDict,
     image_size: int,
     bn_group: BNGroup = "sync",
     axis_name: str | None = DATA_AXIS,
+    drop_path: bool = True,
 ) -> nn.Module:
     """The backbone of `model` (a config's `model` field) for `image_size`-px images.
 
     `bn_group` and `axis_name` choose the batch-norm statistics of the conv nets; a ViT has
-    no batch norm. `image_size` sizes a ViT's position-embedding table.
+    no batch norm. `image_size` sizes a ViT's position-embedding table. A ViT gets
+    `model.drop_path_rate` (stochastic depth in training) unless `drop_path` is False (DINO's
+    teacher is built without it).
     """
     dtype = jnp.dtype(model.dtype)
+    drop_path_rate = model.get("drop_path_rate", 0.0)
+    if drop_path_rate and model.name not in VIT_SIZES:
+        raise UserError(
+            f"--config.model.drop_path_rate={drop_path_rate}: stochastic depth is "
+            f"implemented for the ViTs only, not {model.name}; set it to 0"
+        )
     bn = {"bn_group": bn_group, "axis_name": axis_name, "bn_momentum": model.bn_momentum}
     if model.name in RESNET_DEPTHS:
         return build_resnet(
@@ -52,5 +68,6 @@ def build_backbone(
             width=model.width,
             depth=model.depth,
             dtype=dtype,
+            drop_path_rate=drop_path_rate if drop_path else 0.0,
         )
     raise UserError(f"unknown model.name {model.name!r}; choose one of {', '.join(BACKBONES)}")

@@ -14,6 +14,13 @@ image size / patch size); images giving another grid (DINO's 96-px local crops) 
 table resized bicubically, the CLS position unchanged, as DINO's
 ``interpolate_pos_encoding`` does. Small images work with a small `patch_size` (4 at 32 px).
 
+Stochastic depth (`drop_path_rate`, DINO's ``drop_path``/``DropPath``): in training, each
+sample's attention branch and, independently, its MLP branch are zeroed with probability
+p and otherwise scaled by 1/(1 − p); p rises linearly over the blocks from 0 in the first
+to `drop_path_rate` in the last (``VisionTransformer.__init__``: ``dpr = torch.linspace(0,
+drop_path_rate, depth)``). It draws from the 'dropout' rng stream, only when ``train`` and
+the rate > 0, so inference (and a rate of 0) needs no rng and is unchanged.
+
 Outputs follow `ssljax.models.resnet`: 'pooled' is the CLS token after the final norm
 [B, C]; 'layer4' the patch tokens after the final norm as a map [B, h, w, C] (named as
 ResNet's last map, so DetCon's mask pooling reads it). Images arrive in [0, 1] and are
@@ -29,6 +36,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssljax.errors import UserError
 
@@ -65,6 +73,15 @@ def resize_position_embedding(table: jax.Array, height: int, width: int) -> jax.
     return jnp.concatenate([table[:1], patches.reshape(height * width, dim)])
 
 
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Each sample (axis 0) of a residual branch zeroed with probability `rate`, otherwise
+    scaled by 1/(1 − rate): DINO's ``drop_path`` (a floored keep + U[0, 1) per sample)."""
+    keep = 1.0 - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jnp.floor(keep + jax.random.uniform(rng, shape, x.dtype))
+    return x / keep * mask
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused qkv projection (1-D biases, like timm)."""
 
@@ -85,26 +102,35 @@ class SelfAttention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + Attention(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm transformer block: x + Attention(LN(x)), then x + MLP(LN(x)); in training
+    each branch goes through `drop_path` at `drop_path_rate` (DINO's ``Block.forward``)."""
 
     num_heads: int
     dtype: Any = jnp.float32
+    drop_path_rate: float = 0.0
+
+    def _drop_path(self, branch: jax.Array, train: bool) -> jax.Array:
+        if not train or self.drop_path_rate == 0:
+            return branch
+        return drop_path(branch, self.drop_path_rate, self.make_rng("dropout"))
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         dim = x.shape[-1]
-        x = x + SelfAttention(self.num_heads, self.dtype, name="attention")(
+        y = SelfAttention(self.num_heads, self.dtype, name="attention")(
             _layer_norm("norm1", self.dtype)(x)
         )
+        x = x + self._drop_path(y, train)
         y = _layer_norm("norm2", self.dtype)(x)
         y = nn.gelu(_dense(MLP_RATIO * dim, "mlp_fc1", self.dtype)(y), approximate=False)
-        return x + _dense(dim, "mlp_fc2", self.dtype)(y)
+        return x + self._drop_path(_dense(dim, "mlp_fc2", self.dtype)(y), train)
 
 
 class VisionTransformer(nn.Module):
     """ViT returning ``{'layer4': [B, h, w, C], 'pooled': [B, C]}`` (see the module doc).
 
-    `train` is accepted for the backbone contract; nothing depends on it (no dropout).
+    `train` switches on stochastic depth when `drop_path_rate` > 0 (then ``apply`` needs
+    ``rngs={'dropout': key}``); nothing else depends on it.
     """
 
     dim: int
@@ -115,6 +141,12 @@ class VisionTransformer(nn.Module):
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     dtype: Any = jnp.float32
+    drop_path_rate: float = 0.0
+
+    @property
+    def drop_path_rates(self) -> tuple[float, ...]:
+        """Block i's rate: linear from 0 (first block) to `drop_path_rate` (last)."""
+        return tuple(float(r) for r in np.linspace(0.0, self.drop_path_rate, self.depth))
 
     @property
     def num_features(self) -> int:
@@ -135,13 +167,17 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
-        del train
         chex.assert_rank(x, 4)
         chex.assert_axis_dimension(x, 3, len(self.mean))
         if min(x.shape[1:3]) < self.patch_size:
             raise UserError(
                 f"{x.shape[1]}×{x.shape[2]} images are smaller than one {self.patch_size}-px "
                 "patch; set --config.model.patch_size"
+            )
+        if train and self.drop_path_rate > 0 and not self.has_rng("dropout"):
+            raise ValueError(
+                f"a ViT with drop_path_rate {self.drop_path_rate} needs a 'dropout' rng in "
+                "training: apply(..., train=True, rngs={'dropout': key})"
             )
         mean = jnp.asarray(self.mean, jnp.float32)
         std = jnp.asarray(self.std, jnp.float32)
@@ -164,8 +200,9 @@ class VisionTransformer(nn.Module):
         grid = self.pos_grid
         table = self.param("pos_embedding", dense_init, (1 + grid * grid, self.dim), jnp.float32)
         tokens = tokens + resize_position_embedding(table, height, width).astype(self.dtype)
-        for i in range(self.depth):
-            tokens = EncoderBlock(self.num_heads, self.dtype, name=f"block{i}")(tokens)
+        for i, rate in enumerate(self.drop_path_rates):
+            block = EncoderBlock(self.num_heads, self.dtype, rate, name=f"block{i}")
+            tokens = block(tokens, train=train)
         tokens = _layer_norm("norm", self.dtype)(tokens)
         return {
             "layer4": tokens[:, 1:].reshape(batch, height, width, self.dim),
@@ -180,11 +217,13 @@ def build_vit(
     width: float = 1.0,
     depth: int = 0,
     dtype: Any = jnp.float32,
+    drop_path_rate: float = 0.0,
 ) -> VisionTransformer:
     """The ViT called `name` ('vit_tiny', 'vit_small') for `image_size`-px images.
 
     `width` multiplies the embedding dim (rounded to a multiple of the head count, which
     stays), `depth` > 0 replaces the block count: both only for small CPU runs.
+    `drop_path_rate` is the stochastic-depth rate of the last block (see the module doc).
     """
     if name not in VIT_SIZES:
         raise UserError(f"unknown ViT {name!r}; choose one of {', '.join(VIT_SIZES)}")
@@ -197,6 +236,8 @@ def build_vit(
             f"patch size {patch_size} does not fit {image_size}-px images; "
             "set --config.model.patch_size"
         )
+    if not 0 <= drop_path_rate < 1:
+        raise UserError(f"ViT drop_path_rate must be in [0, 1), got {drop_path_rate}")
     dim, blocks, heads = VIT_SIZES[name]
     dim = max(1, round(dim * width / heads)) * heads
     return VisionTransformer(
@@ -206,4 +247,5 @@ def build_vit(
         patch_size=patch_size,
         pos_grid=image_size // patch_size,
         dtype=dtype,
+        drop_path_rate=drop_path_rate,
     )
