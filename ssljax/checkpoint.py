@@ -148,9 +148,7 @@ class Checkpointer:
         were saved with (no template: for loading a run without its optimiser or dataset).
         `step` None: the newest checkpoint that restores (as `restore`)."""
         if step is None:
-            return self._newest_that_restores(
-                lambda s: self.restore_as_saved(s, sharding, skip)
-            )
+            return self._newest_that_restores(lambda s: self.restore_as_saved(s, sharding, skip))
         tree = self.manager.item_metadata(step).tree
         item = {
             name: jax.tree_util.tree_map(

@@ -1,9 +1,12 @@
 """`python -m ssljax.export`: the exported encoder gives ssljax's features in torchvision/timm.
 
-A run directory per architecture (module-scoped, 32 px: a one-step BYOL run for ResNet-18,
-a randomised checkpoint for the others) is exported, loaded with `strict=True` by the
-library's own constructor and fed 4 photos normalised the way that library's users do;
-its pooled features must equal `ssljax.load_encoder`'s.
+A run directory per architecture (module-scoped, 32 px) whose only checkpoint holds the
+initial state with every weight and statistic randomised (a wrongly mapped tensor cannot
+hide behind a default value; compiling a training step per architecture would cost more
+than these tests' budget, and `tests/test_train.py` covers checkpoints written by
+training) is exported, loaded with `strict=True` by the library's own constructor and fed
+4 photos normalised the way that library's users do; its pooled features must equal
+`ssljax.load_encoder`'s.
 """
 
 import importlib.util
@@ -81,19 +84,10 @@ def _randomised(tree, seed: int):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A one-step BYOL run of a width-1 ResNet-18 with the standard stem at 32 px."""
-    workdir = tmp_path_factory.mktemp("resnet18")
-    train.train(_smoke_config("resnet18"), workdir)
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def runs(trained_run, tmp_path_factory):
-    """name -> workdir: the trained ResNet-18, or a run directory whose only checkpoint
-    holds the initial state with every weight and statistic randomised (one compiled
-    training step per architecture would cost more than the whole test budget)."""
-    made = {"resnet18": trained_run}
+def runs(tmp_path_factory):
+    """name -> workdir: a run directory whose only checkpoint holds the initial state with
+    every weight and statistic randomised, online and target differently."""
+    made = {}
 
     def get(name):
         if name not in made:
@@ -112,6 +106,20 @@ def runs(trained_run, tmp_path_factory):
             checkpointer.close()
             made[name] = workdir
         return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def features():
+    """workdir -> `ssljax.load_encoder(workdir)`'s pooled features of `_photos()`."""
+    made = {}
+
+    def get(workdir):
+        if workdir not in made:
+            encoder = ssljax.load_encoder(str(workdir))
+            made[workdir] = np.asarray(encoder(jnp.asarray(_photos()))["pooled"])
+        return made[workdir]
 
     return get
 
@@ -155,7 +163,9 @@ def _relative_error(theirs: np.ndarray, ours: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("name", list(EXPORTS))
-def test_exported_encoder_gives_ssljax_features_in_its_library(name, runs, torch_worker, tmp_path):
+def test_exported_encoder_gives_ssljax_features_in_its_library(
+    name, runs, features, torch_worker, tmp_path
+):
     workdir = runs(name)
     format, suffix, _ = EXPORTS[name]
     out = tmp_path / f"{name}{suffix}"
@@ -166,30 +176,33 @@ def test_exported_encoder_gives_ssljax_features_in_its_library(name, runs, torch
 
     theirs, fed = torch_worker(out, card)  # strict=True load by the library's constructor
     assert (fed["mean"], fed["std"]) == (card["mean"], card["std"])  # timm: its data config
-    ours = np.asarray(ssljax.load_encoder(str(workdir))(jnp.asarray(_photos()))["pooled"])
+    ours = features(workdir)
     assert theirs.shape == ours.shape == (4, card["num_features"])
     error = _relative_error(theirs, ours)
     print(f"{name} {format}{suffix}: max relative difference {error:.2e}")
     assert error < RELATIVE_TOLERANCE
 
 
-@pytest.mark.parametrize(
-    "name, format, model",
-    [
-        ("resnet101", "timm", {}),
-        ("mobilenet_v2", "torchvision", {"width": 0.5}),
-    ],
-)
-def test_conversion_is_exact_for_every_tensor(name, format, model, torch_worker, tmp_path):
-    config = _smoke_config(name, **model).model
+def test_bottleneck_resnet_exports_exactly_to_timm_too(runs, features, torch_worker, tmp_path):
+    workdir = runs("resnet50")
+    out = tmp_path / "resnet50_timm.pth"
+    export_main([f"--workdir={workdir}", "--format=timm", f"--out={out}"])
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["constructor"].startswith("timm") and card["strict"]
+    theirs, _ = torch_worker(out, card)
+    assert _relative_error(theirs, features(workdir)) < RELATIVE_TOLERANCE
+
+
+def test_conversion_is_exact_for_every_tensor_of_a_narrow_mobilenet(torch_worker, tmp_path):
+    config = _smoke_config("mobilenet_v2", width=0.5).model
     module = build_backbone(config, 32, axis_name=None)
     images = jnp.asarray(_photos())
     variables = jax.jit(lambda: module.init(jax.random.PRNGKey(0), images, train=False))()
     variables = _randomised(dict(variables), seed=1)
     variables.setdefault("batch_stats", {})
     ours = jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, images)["pooled"]
-    spec = convert.target(config, 32, format)
-    out = tmp_path / f"{name}.safetensors"
+    spec = convert.target(config, 32, "torchvision")
+    out = tmp_path / "mobilenet_v2.safetensors"
     files.write_state_dict(out, convert.state_dict(module, variables, spec))
     mean, std = convert.input_mean_std(module, spec)
     card = {**vars(spec), "args": list(spec.args), "mean": mean, "std": std}
@@ -221,11 +234,11 @@ def test_a_pair_no_library_has_exits_2_with_one_line_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
-def test_an_unknown_file_suffix_exits_2(trained_run, tmp_path, capsys):
+def test_an_unknown_file_suffix_exits_2(runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         export_main(
             [
-                f"--workdir={trained_run}",
+                f"--workdir={runs('resnet18')}",
                 "--format=torchvision",
                 f"--out={tmp_path}/x.h5",
             ]
@@ -234,11 +247,11 @@ def test_an_unknown_file_suffix_exits_2(trained_run, tmp_path, capsys):
 
 
 def test_target_network_exports_and_evaluates_other_weights_than_online(
-    trained_run, tmp_path, monkeypatch
+    runs, tmp_path, monkeypatch
 ):
     from safetensors.numpy import load_file
 
-    workdir = trained_run
+    workdir = runs("resnet18")
     exported = {}
     for network in ("online", "target"):
         out = tmp_path / f"{network}.safetensors"
