@@ -37,3 +37,26 @@ if not _WORKER:
 
     if fashion_mnist.debian_files_present():
         registry.get_dataset("fashion_mnist")
+
+# The files whose tests take longest (compiled training steps, several processes) run
+# first, so that with whole files per worker (`--dist loadfile`) no long file starts last.
+_LONGEST_FIRST = (
+    "test_sage.py",
+    "test_train.py",
+    "test_export.py",
+    "test_detcon.py",
+    "test_multihost.py",
+    "test_backbones.py",
+    "test_dino.py",
+    "test_moco.py",
+    "test_simclr.py",
+    "test_engine.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
