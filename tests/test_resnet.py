@@ -163,6 +163,30 @@ def test_each_method_zero_initialises_residual_blocks_as_its_reference(config_na
     assert backbone.zero_init_residual == expected
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "byol.py:fashion_mnist",
+        "detcon_b.py:fashion_mnist",
+        "moco_v2.py:fashion_mnist",
+        "m2_teacher.py:fashion_mnist",
+        "sage.py:fashion_mnist",
+        "sslight_dino.py:fashion_mnist",
+        "sslight_swav.py:fashion_mnist_baseline",
+        "sslight_mocov2.py:fashion_mnist",
+    ],
+)
+def test_cpu_presets_zero_initialise_every_residual_block(spec):
+    """ssljax's own CPU presets, not a reference setting: live basic blocks made BYOL's
+    trained network no better than its random init (configlib.small_cpu_model)."""
+    from pathlib import Path
+
+    from ssljax import configlib
+
+    config = configlib.load(str(Path(__file__).parent.parent / "configs" / spec))
+    assert config.model.zero_init_residual == "all"
+
+
 def test_blocks_with_identity_shortcut_pass_their_input_through_at_init(tiny18):
     model, variables, x = tiny18
     _, state = model.apply(variables, x, train=False, capture_intermediates=True)
