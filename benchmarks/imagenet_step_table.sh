@@ -5,7 +5,10 @@
 # Usage, from the repository root: sh benchmarks/imagenet_step_table.sh [BATCH] [STEPS]
 BATCH=${1:-8}
 STEPS=${2:-2}
-for spec in byol:imagenet simclr:imagenet moco_v1:imagenet moco_v2:imagenet \
+# MoCo's shuffle BN needs at least 3 BN groups on one device: groups of BATCH/4 images.
+for spec in byol:imagenet simclr:imagenet \
+    "moco_v1:imagenet --config.bn_group=$((BATCH / 4))" \
+    "moco_v2:imagenet --config.bn_group=$((BATCH / 4))" \
     detcon_s:imagenet detcon_b:imagenet sage:imagenet sslight_dino:recipe \
     sslight_swav:recipe sslight_mocov2:recipe \
     "m2_teacher:imagenet --config.student_bn_group=$BATCH --config.teacher_bn_group=$BATCH"; do
