@@ -9,8 +9,8 @@ STEPS=${2:-2}
 for spec in byol:imagenet simclr:imagenet \
     "moco_v1:imagenet --config.bn_group=$((BATCH / 4))" \
     "moco_v2:imagenet --config.bn_group=$((BATCH / 4))" \
-    detcon_s:imagenet detcon_b:imagenet sage:imagenet sslight_dino:recipe \
-    sslight_swav:recipe sslight_mocov2:recipe \
+    "sslight_mocov2:recipe --config.bn_group=$((BATCH / 4))" \
+    detcon_s:imagenet detcon_b:imagenet sage:imagenet sslight_dino:recipe sslight_swav:recipe \
     "m2_teacher:imagenet --config.student_bn_group=$BATCH --config.teacher_bn_group=$BATCH"; do
   set -- $spec
   config=$1; shift

@@ -14,6 +14,7 @@ from ssljax.methods import get_method
 from ssljax.methods.base import apply_train
 from ssljax.methods.moco import (
     MoCo,
+    check_shuffle_groups,
     enqueue,
     init_queue,
     shuffle_permutation,
@@ -140,8 +141,10 @@ def test_queue_size_not_a_multiple_of_the_batch_is_refused():
 
 
 def test_shuffle_bn_needs_at_least_three_groups():
-    with pytest.raises(UserError, match="at least 3 BN groups"):
-        MoCo(_config(bn_group="16"), 10)
+    with pytest.raises(UserError, match="at least 3 BN groups.*--config.bn_group=8 "):
+        MoCo(_config(bn_group="16"), 10)  # a global batch of 32: 2 groups
+    with pytest.raises(UserError, match="batch of 2 .*at least 3 images"):
+        check_shuffle_groups(2, 1)
     with pytest.raises(UserError, match="bn_group='sync' is one group"):
         MoCo(_config(bn_group="sync"), 10)
     with pytest.raises(UserError, match="key_bn"):

@@ -81,11 +81,16 @@ def check_shuffle_groups(batch_size: int, group_size: int) -> int:
     """The number of BN groups G of a batch; shuffle BN needs G ≥ 3 equal groups."""
     groups = batch_size // group_size
     if groups * group_size != batch_size or groups < 3:
+        sizes = [n for n in range(1, batch_size // 3 + 1) if batch_size % n == 0]
+        fix = (
+            f"set --config.bn_group={sizes[-1]} (the largest size that makes 3 or more groups)"
+            if sizes
+            else "use a batch of at least 3 images"
+        )
         raise UserError(
             f"shuffle BN needs the batch of {batch_size} split into at least 3 BN groups of "
-            f"equal size, got groups of {group_size}; with 2 groups the shuffle only swaps "
-            "them, so each key is still normalised over its query's images. Set "
-            "--config.bn_group to a smaller group size n (e.g. 32) or use more devices"
+            f"equal size, got groups of {group_size}; with fewer groups the shuffle leaves "
+            f"keys normalised beside their own query's images: {fix}, or use more devices"
         )
     return groups
 
