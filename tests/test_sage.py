@@ -10,6 +10,7 @@ import functools
 import json
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +22,7 @@ from ssljax import configlib, train
 from ssljax.errors import UserError
 from ssljax.methods import base, byol, get_method, sage
 from ssljax.methods.sage import SaGe
-from ssljax.models.decoder import Decoder, num_up_blocks
+from ssljax.models.decoder import Decoder, UpConv, num_up_blocks
 from ssljax.optim import build_optimizer
 from ssljax.run import load_run
 from ssljax.sharding import DATA_AXIS
@@ -96,6 +97,32 @@ def test_decoder_output_has_the_image_shape_and_lies_in_minus_one_to_one(grid, s
     assert float(jnp.max(jnp.abs(out))) > 0.99  # large features saturate the tanh
     with pytest.raises(UserError, match="up-blocks"):
         Decoder(grid, size, channels=(8, 8)).up_block_channels()
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (3, 5), (4, 4)])
+def test_up_conv_is_flax_conv_transpose_in_value_and_gradients(height, width):
+    """The decoder's up-blocks: nn.ConvTranspose's function of the same kernel, computed
+    as four phase convolutions (decoder.UpConv)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, height, width, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 4, 3, 5)), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(2, 2 * height, 2 * width, 5)), jnp.float32)
+    flax_up = nn.ConvTranspose(5, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)
+    ours = UpConv(5)
+
+    def value_and_grads(module):
+        def f(k, x):
+            return jnp.sum(module.apply({"params": {"kernel": k}}, x) * cotangent)
+
+        return module.apply({"params": {"kernel": kernel}}, x), jax.grad(f, (0, 1))(kernel, x)
+
+    (want, want_grads), (got, got_grads) = value_and_grads(flax_up), value_and_grads(ours)
+    assert got.shape == want.shape == (2, 2 * height, 2 * width, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+    init = ours.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, init) == {"params": {"kernel": (4, 4, 3, 5)}}
 
 
 def test_decoder_parameters_are_updated_by_adam_and_the_rest_by_lars():
