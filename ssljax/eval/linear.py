@@ -154,6 +154,12 @@ def train_linear(
             idx = order[start : start + chunk_steps]
             layout_rows, y = bank.replicate(mesh, (data.order[idx], targets[idx]))
             params, opt_state, _ = run(params, opt_state, data.features, layout_rows, y)
+            # One chunk in flight: XLA:CPU runs each device's part of a dispatched chunk on
+            # a shared thread pool, and with several chunks queued the parts of a later one
+            # can hold every thread while they wait in a collective for a device whose part
+            # never gets one (seen with 8 simulated devices on 2 cores: the rendezvous
+            # aborts the process after 40 s).
+            jax.block_until_ready(params)
     return params
 
 
