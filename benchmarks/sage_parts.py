@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssljax import perf
+from ssljax.bench.step import load_average
 from ssljax.models import decoder as decoder_module
 from ssljax.models.backbones import build_backbone
 from ssljax.models.norm import BatchNorm
@@ -30,8 +32,7 @@ from ssljax.models.norm import BatchNorm
 
 def timed(name: str, fn, *args) -> None:
     compiled = jax.jit(fn).lower(*args).compile()
-    cost = compiled.cost_analysis()
-    flops = (cost[0] if isinstance(cost, list) else cost).get("flops", 0.0)
+    flops = perf.step_flops(compiled) or 0.0
     jax.block_until_ready(compiled(*args))
     seconds = []
     for _ in range(3):
@@ -41,7 +42,7 @@ def timed(name: str, fn, *args) -> None:
     cpu = statistics.median(seconds)
     print(
         f"{name:58s} {flops / 1e9:8.1f} GFLOP {cpu:7.2f} CPU s "
-        f"{flops / 1e9 / cpu:6.1f} GFLOP/CPU s  load {os.getloadavg()[0]:.1f}",
+        f"{flops / 1e9 / cpu:6.1f} GFLOP/CPU s  load {load_average()}",
         flush=True,
     )
 
@@ -113,8 +114,8 @@ def main() -> None:
         params,
     )
 
-    grid = net.feature_grid(s) if hasattr(net, "feature_grid") else -(-s // 32)
-    features = jax.random.normal(jax.random.PRNGKey(2), (b, grid, grid, 2048))
+    grid = net.feature_grid(s)
+    features = jax.random.normal(jax.random.PRNGKey(2), (b, grid, grid, net.num_features))
     bn = functools.partial(BatchNorm, group="local", axis_name=None)
     for label, up in (("UpConv", decoder_module.UpConv), ("nn.ConvTranspose", ConvTransposeUp)):
         original = decoder_module.UpConv

@@ -22,7 +22,7 @@ from ssljax import configlib, train
 from ssljax.errors import UserError
 from ssljax.methods import base, byol, get_method, sage
 from ssljax.methods.sage import SaGe
-from ssljax.models.decoder import Decoder, UpConv, num_up_blocks
+from ssljax.models.decoder import Decoder, UpConv, kaiming_fan_in, num_up_blocks
 from ssljax.optim import build_optimizer
 from ssljax.run import load_run
 from ssljax.sharding import DATA_AXIS
@@ -123,6 +123,11 @@ def test_up_conv_is_flax_conv_transpose_in_value_and_gradients(height, width):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
     init = ours.init(jax.random.PRNGKey(0), x)
     assert jax.tree.map(jnp.shape, init) == {"params": {"kernel": (4, 4, 3, 5)}}
+    # The same initial kernel as before, so the same seed gives the same SaGe run.
+    flax_init = nn.ConvTranspose(
+        5, (4, 4), strides=(2, 2), padding="SAME", use_bias=False, kernel_init=kaiming_fan_in
+    ).init(jax.random.PRNGKey(0), x)
+    np.testing.assert_array_equal(init["params"]["kernel"], flax_init["params"]["kernel"])
 
 
 def test_decoder_parameters_are_updated_by_adam_and_the_rest_by_lars():
