@@ -143,7 +143,8 @@ def test_eight_device_steps_equal_one_device_steps_with_the_queue_in_use():
         state8.queue["embeddings"], state1.queue["embeddings"], rtol=1e-3, atol=2e-4
     )
     for a, b in zip(jax.tree.leaves(state8.params), jax.tree.leaves(state1.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+        # atol: a bias ahead of a BN gets only float-noise gradients (values ~1e-7).
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     prototypes = state1.params["projector"]["prototypes"]["kernel"]
     np.testing.assert_allclose(np.linalg.norm(prototypes, axis=0), 1.0, rtol=1e-5)
     assert int(state1.queue["filled"]) == config.swav.queue_length
