@@ -30,8 +30,8 @@ def main(process_id: int, port: int, workdir: str, total_steps: int = 2) -> None
     config = configlib.load(str(Path(__file__).parent.parent / "configs" / "byol.py:smoke"))
     config.total_steps = total_steps
     config.checkpoint_every_steps = 2
-    if total_steps > 2:
-        config.log_every_steps = 1
+    if total_steps > 2:  # the preemption test: its save is the only checkpoint
+        config.log_every_steps, config.checkpoint_every_steps = 1, total_steps + 1
     try:
         train.train(config, workdir)
     except Preempted as e:

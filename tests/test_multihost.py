@@ -127,4 +127,4 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
     assert all(steps), outputs
     step = int(steps[0].group(1))
     assert int(steps[1].group(1)) == step and 3 <= step < 60
-    assert (workdir / "checkpoints" / str(step)).exists()
+    assert [p.name for p in (workdir / "checkpoints").iterdir()] == [str(step)]
