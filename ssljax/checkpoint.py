@@ -13,6 +13,7 @@ names the step actually restored.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 from collections.abc import Callable
@@ -30,12 +31,31 @@ from ssljax.train_state import TrainState
 _UNREADABLE: dict[str, set[int]] = {}
 
 
+def write_replicated_arrays_from_one_device() -> None:
+    """Save each replicated jax.Array from its first device's copy (single process only).
+
+    Orbax's default, replica-parallel writing, splits a replicated array into one slice per
+    device so that several hosts share the writing. In one process it gains nothing, and
+    every slice is an eager `lax.slice` that compiles once per shape: the first checkpoint
+    of a process spent 7 s of a 26 s smoke run on it (8 CPU devices), 1 s without.
+    Checkpoints written either way restore the same. Multi-process runs keep orbax's
+    default.
+    """
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    if getattr(handler, "_use_replica_parallel", False):
+        single = copy.copy(handler)
+        single._use_replica_parallel = False
+        ocp.type_handlers.register_type_handler(jax.Array, single, override=True)
+
+
 class Checkpointer:
     """A thin layer over `ocp.CheckpointManager` that knows how to rebuild a TrainState."""
 
     def __init__(self, directory: str | Path, keep: int = 3, asynchronous: bool = True):
         if keep < 1:
             raise UserError(f"keep_checkpoints={keep} must be ≥ 1")
+        if jax.process_count() == 1:
+            write_replicated_arrays_from_one_device()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous
         )

@@ -93,3 +93,51 @@ def test_no_intact_checkpoint_is_one_clear_error(tmp_path):
 def test_keeping_no_checkpoint_is_refused(tmp_path):
     with pytest.raises(UserError, match="keep_checkpoints=0"):
         Checkpointer(tmp_path / "ckpt", keep=0)
+
+
+def test_one_process_writes_replicated_arrays_whole_and_reads_replica_parallel_ones(
+    tmp_path, monkeypatch
+):
+    """Orbax by default writes a replicated array as one slice per device; in one process
+    each slice is only an extra compiled `lax.slice`. Checkpoints written that way (every
+    run saved before) still restore bit-exactly."""
+    import orbax.checkpoint._src.serialization.replica_slices as replica_slices
+
+    replicated = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec())
+    state = jax.device_put(
+        _state().replace(params={"w": jnp.arange(64.0).reshape(8, 8)}), replicated
+    )
+    slices_per_array = []
+    original = replica_slices.get_replica_slices
+
+    def counting(arr, *args, **kwargs):
+        result = original(arr, *args, **kwargs)
+        slices_per_array.append(len(result.replica_slices))
+        return result
+
+    monkeypatch.setattr(replica_slices, "get_replica_slices", counting)
+    default = ocp.type_handlers.get_type_handler(jax.Array)
+    parallel = ocp.type_handlers.ArrayHandler(use_replica_parallel=True)
+    ocp.type_handlers.register_type_handler(jax.Array, parallel, override=True)
+    try:  # as orbax writes by default
+        older = ocp.CheckpointManager(
+            tmp_path / "older", item_handlers=ocp.StandardCheckpointHandler()
+        )
+        older.save(3, args=ocp.args.StandardSave(state))
+        older.wait_until_finished()
+    finally:
+        ocp.type_handlers.register_type_handler(jax.Array, default, override=True)
+    assert max(slices_per_array) == 8  # the 8×8 parameter went out in 8 slices
+
+    slices_per_array.clear()
+    checkpointer = Checkpointer(tmp_path / "ckpt", asynchronous=False)
+    checkpointer.save(3, state)
+    assert slices_per_array and set(slices_per_array) == {1}
+    for directory in ("older", "ckpt"):
+        restored = Checkpointer(tmp_path / directory).restore(
+            lambda rng: _state().replace(params={"w": jnp.zeros((8, 8))}),
+            jax.random.key(0),
+            replicated,
+        )
+        np.testing.assert_array_equal(restored.params["w"], np.arange(64.0).reshape(8, 8))
+        assert int(restored.step) == 3
