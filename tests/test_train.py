@@ -24,16 +24,27 @@ def _rows(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(config, tmp_path):
-    full = jax.device_get(train.train(config, tmp_path / "full"))
+@pytest.fixture(scope="module")
+def full(config, tmp_path_factory):
+    """The uninterrupted 4-step run the resumed and stopped runs must end equal to."""
+    workdir = tmp_path_factory.mktemp("full")
+    return workdir, jax.device_get(train.train(config, workdir))
+
+
+def _assert_same_state(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(config, full, tmp_path):
+    full_dir, full_state = full
     train.train(config, tmp_path / "resumed", stop_at=2)
     assert (tmp_path / "resumed" / "checkpoints" / "2").exists()
     resumed = jax.device_get(train.train(config, tmp_path / "resumed"))
 
-    assert int(resumed.step) == int(full.step) == 4
-    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
-        np.testing.assert_array_equal(a, b)
-    full_rows, resumed_rows = _rows(tmp_path / "full"), _rows(tmp_path / "resumed")
+    assert int(resumed.step) == int(full_state.step) == 4
+    _assert_same_state(full_state, resumed)
+    full_rows, resumed_rows = _rows(full_dir), _rows(tmp_path / "resumed")
     assert [r["step"] for r in resumed_rows] == [1, 2, 3, 4]
     for name in ("loss", "lr", "tau", "online_top1"):
         assert [r[name] for r in resumed_rows] == [r[name] for r in full_rows], name
@@ -41,23 +52,32 @@ def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(config, tmp_pat
     assert [s["step"] for s in starts] == [0, 2]  # provenance of the start and the resume
 
 
-def test_metrics_rows_carry_the_documented_fields(config, tmp_path):
-    train.train(config, tmp_path / "run", stop_at=1)
-    (row,) = _rows(tmp_path / "run")
+def test_metrics_rows_carry_the_documented_fields(full):
+    workdir, _ = full
+    row = _rows(workdir)[0]
     assert {"step", "epoch", "loss", "lr", "tau", "images_per_sec", "online_top1"} <= set(row)
     assert row["images_per_sec_per_device"] == pytest.approx(row["images_per_sec"] / 8)
     assert 0.0 <= row["data_wait_fraction"] <= 1.0
     assert row["mfu"] > 0  # from the compiled step's FLOPs and the measured CPU peak
-    assert (tmp_path / "run" / "config.json").exists()
-    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    assert (workdir / "config.json").exists()
+    assert any((workdir / "tensorboard").iterdir())
 
 
-def test_resuming_with_another_config_is_refused(config, tmp_path):
-    train.train(config, tmp_path / "run", stop_at=1)
+def _snapshot(directory):
+    return {
+        str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+def test_resuming_with_another_config_is_refused_and_changes_nothing(config, full):
+    workdir, _ = full
+    before = _snapshot(workdir)
     other = config.copy_and_resolve_references()
     other.optimizer.base_lr = 1.0
     with pytest.raises(UserError, match="different config.*optimizer.base_lr: .* → 1.0"):
-        train.train(other, tmp_path / "run")
+        train.train(other, workdir)
+    assert _snapshot(workdir) == before
 
 
 def test_fields_added_since_fields_the_method_no_longer_reads_and_run_control_may_differ():
@@ -73,7 +93,7 @@ def test_fields_added_since_fields_the_method_no_longer_reads_and_run_control_ma
     assert train.config_differences({**saved, "bn_group": "sync"}, saved) == []
 
 
-def test_a_time_budget_stops_with_a_checkpoint_and_running_again_resumes(config, tmp_path):
+def test_a_time_budget_stops_with_a_checkpoint_and_running_again_resumes(config, full, tmp_path):
     budget = config.copy_and_resolve_references()
     budget.max_train_seconds = 1e-3  # spent before the first step ends
     stopped = train.train(budget, tmp_path / "run")
@@ -83,10 +103,10 @@ def test_a_time_budget_stops_with_a_checkpoint_and_running_again_resumes(config,
     assert row["step"] == 1 and row["stopped_by_time_limit"] == 1.0
 
     # The budget is not part of the experiment: resuming without it is allowed, and goes on
-    # from the saved step as any resumed run (exactness: test_a_resumed_run_continues...).
-    resumed = train.train(config, tmp_path / "run")
-    assert int(resumed.step) == 4
+    # from the saved step as any resumed run, to the uninterrupted run's state.
+    resumed = jax.device_get(train.train(config, tmp_path / "run"))
     assert [r["step"] for r in _rows(tmp_path / "run")] == [1, 2, 3, 4]
+    _assert_same_state(full[1], resumed)
 
 
 def test_an_absurd_learning_rate_stops_after_the_allowed_skips_with_finite_checkpoints(
@@ -135,7 +155,7 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_ends_as_an_uninterrupted_r
         PYTHONPATH=str(root),
     )
     long = config.copy_and_resolve_references()
-    long.total_steps = 20
+    long.total_steps = 10
     workdir = tmp_path / "interrupted"
     process = subprocess.Popen(
         [
@@ -143,7 +163,7 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_ends_as_an_uninterrupted_r
             "main.py",
             "--config=configs/byol.py:smoke",
             f"--workdir={workdir}",
-            "--config.total_steps=20",
+            "--config.total_steps=10",
             "--config.log_every_steps=1",
             "--config.checkpoint_every_steps=100",  # the preemption save is the only one
         ],
@@ -156,12 +176,12 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_ends_as_an_uninterrupted_r
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if line.startswith("step 3/20"):
+        if line.startswith("step 3/10"):
             process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=600) == 0, "".join(lines[-30:])
     (stopped,) = [line for line in lines if line.startswith("preempted: saved step")]
     step = int(stopped.split()[3])
-    assert 3 <= step < 20 and "resume with the same command: python main.py" in stopped
+    assert 3 <= step < 10 and "resume with the same command: python main.py" in stopped
     assert [p.name for p in (workdir / "checkpoints").iterdir()] == [str(step)]
     assert _rows(workdir)[-1]["step"] == step
 
@@ -174,6 +194,6 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_ends_as_an_uninterrupted_r
         full = jax.device_get(train.train(long, tmp_path / "full"))
     finally:
         jax.config.update("jax_compilation_cache_dir", previous_cache)
-    assert int(resumed.step) == int(full.step) == 20
+    assert int(resumed.step) == int(full.step) == 10
     for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_array_equal(a, b)
