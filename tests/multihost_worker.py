@@ -1,8 +1,6 @@
 """One process of a 2-process run on localhost (used by tests/test_multihost.py).
 
-python tests/multihost_worker.py PROCESS_ID PORT WORKDIR [TOTAL_STEPS]
-
-With TOTAL_STEPS the run logs every step, so that a test can send SIGTERM mid-run.
+python tests/multihost_worker.py PROCESS_ID PORT WORKDIR TOTAL_STEPS
 """
 
 import os
@@ -18,7 +16,7 @@ import jax  # noqa: E402
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
-def main(process_id: int, port: int, workdir: str, total_steps: int = 2) -> None:
+def main(process_id: int, port: int, workdir: str, total_steps: int) -> None:
     jax.distributed.initialize(
         coordinator_address=f"localhost:{port}", num_processes=2, process_id=process_id
     )
@@ -29,9 +27,10 @@ def main(process_id: int, port: int, workdir: str, total_steps: int = 2) -> None
 
     config = configlib.load(str(Path(__file__).parent.parent / "configs" / "byol.py:smoke"))
     config.total_steps = total_steps
-    config.checkpoint_every_steps = 2
-    if total_steps > 2:  # the preemption test: its save is the only checkpoint
-        config.log_every_steps, config.checkpoint_every_steps = 1, total_steps + 1
+    # Every step logged, so that the test can send SIGTERM mid-run; every checkpoint kept
+    # (the test compares step 2's with one process's run).
+    config.log_every_steps, config.checkpoint_every_steps = 1, 2
+    config.keep_checkpoints = total_steps
     try:
         train.train(config, workdir)
     except Preempted as e:
