@@ -1,12 +1,12 @@
 """`python -m ssljax.export`: the exported encoder gives ssljax's features in torchvision/timm.
 
-A run directory per architecture (module-scoped, 32 px) whose only checkpoint holds the
-initial state with every weight and statistic randomised (a wrongly mapped tensor cannot
-hide behind a default value; compiling a training step per architecture would cost more
-than these tests' budget, and `tests/test_train.py` covers checkpoints written by
-training) is exported, loaded with `strict=True` by the library's own constructor and fed
-4 photos normalised the way that library's users do; its pooled features must equal
-`ssljax.load_encoder`'s.
+A run directory per architecture (module-scoped, 32 px) whose only checkpoint holds a
+state of the run's shapes, scaled like an initial state, with every weight and statistic
+then randomised (a wrongly mapped tensor cannot hide behind a default value; compiling
+the init or a training step per architecture would cost more than these tests' budget,
+and `tests/test_train.py` covers checkpoints written by training) is exported, loaded with
+`strict=True` by the library's own constructor and fed 4 photos normalised the way that
+library's users do; its pooled features must equal `ssljax.load_encoder`'s.
 """
 
 import importlib.util
@@ -68,6 +68,19 @@ def _smoke_config(name: str, **model):
     return config
 
 
+def _like_init(path, shape):
+    """A value of `shape` scaled as an initialiser would: kernels N(0, 1/fan_in), scales
+    and variances 1, the rest (biases, means, embeddings, counters) 0."""
+    name = getattr(path[-1], "key", None)
+    if name == "kernel":
+        fan_in = int(np.prod(shape.shape[:-1]))
+        rng = np.random.default_rng(len(path) * 1000 + fan_in)
+        return (rng.standard_normal(shape.shape) / np.sqrt(fan_in)).astype(shape.dtype)
+    if name in ("scale", "var"):
+        return np.ones(shape.shape, shape.dtype)
+    return np.zeros(shape.shape, shape.dtype)
+
+
 def _randomised(tree, seed: int):
     """Every float leaf moved by N(0, 0.1²) (variances kept positive): BN scales away from 0
     and statistics away from (0, 1), so a wrongly mapped tensor cannot hide."""
@@ -85,8 +98,8 @@ def _randomised(tree, seed: int):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """name -> workdir: a run directory whose only checkpoint holds the initial state with
-    every weight and statistic randomised, online and target differently."""
+    """name -> workdir: a run directory whose only checkpoint holds a state of the run's
+    shapes, every weight and statistic randomised, online and target differently."""
     made = {}
 
     def get(name):
@@ -95,7 +108,9 @@ def runs(tmp_path_factory):
             config = _smoke_config(name, **EXPORTS[name][2])
             train.save_config(config, workdir)
             run = train.setup(config)
-            state = jax.device_get(run.init(run.rngs()[0]))
+            # Compiling the init would cost more than filling its shapes on the host.
+            shapes = jax.eval_shape(run.init, run.rngs()[0])
+            state = jax.tree_util.tree_map_with_path(_like_init, shapes)
             fields = ("params", "batch_stats", "target_params", "target_batch_stats")
             state = state.replace(
                 step=np.ones_like(state.step),  # as after one step
@@ -310,7 +325,8 @@ def test_momentum2_teacher_exports_its_teacher_with_momentum_bn_statistics():
     config = configlib.load(str(ROOT / "configs" / "m2_teacher.py:smoke"))
     config.momentum_bn_epsilon = 1e-3
     method = MomentumSquaredTeacher(config, total_steps=10)
-    fields = method.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
+    shapes = jax.eval_shape(method.init, jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
+    fields = jax.tree_util.tree_map_with_path(_like_init, shapes)
     fields["momentum_stats"] = _randomised(fields["momentum_stats"], seed=2)
     state = types.SimpleNamespace(step=0, **fields)
     variables = method.encoder_variables(state)  # default: the teacher
@@ -321,11 +337,12 @@ def test_momentum2_teacher_exports_its_teacher_with_momentum_bn_statistics():
     np.testing.assert_allclose(exported["var"], teacher_stats["var"] + 1e-3 - 1e-5, rtol=1e-6)
     assert variables["params"] is fields["target_params"]["encoder"]
     images = jnp.asarray(_photos())
-    plain = method.encoder.apply(variables, images, train=False)["pooled"]
+    plain = jax.jit(method.encoder.apply, static_argnames="train")(variables, images, train=False)
     teacher = method.teacher(0.0).encoder
-    momentum = teacher.apply(
+    momentum = jax.jit(teacher.apply, static_argnames="train")(
         {"params": variables["params"], "momentum_stats": fields["momentum_stats"]["encoder"]},
         images,
         train=False,
-    )["pooled"]
+    )
+    plain, momentum = plain["pooled"], momentum["pooled"]
     np.testing.assert_allclose(plain, momentum, rtol=1e-4, atol=1e-6)
