@@ -44,16 +44,18 @@ if not _WORKER:
 # The files whose tests take longest (compiled training steps, several processes) run
 # first, so that with whole files per worker (`--dist loadfile`) no long file starts last.
 _LONGEST_FIRST = (
-    "test_sage.py",
     "test_train.py",
-    "test_export.py",
     "test_detcon.py",
+    "test_sage.py",
     "test_multihost.py",
+    "test_export.py",
     "test_backbones.py",
-    "test_dino.py",
-    "test_moco.py",
-    "test_simclr.py",
+    "test_data.py",
     "test_engine.py",
+    "test_dino.py",
+    "test_masks.py",
+    "test_cli.py",
+    "test_run.py",
 )
 
 
