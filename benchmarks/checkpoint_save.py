@@ -79,16 +79,19 @@ def main() -> None:
     )
     for name in ("parallel", "single"):
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-        out = subprocess.run(
+        child = subprocess.run(
             [sys.executable, __file__, f"--config={args.config}", f"--arm={name}"]
             + ([f"--model={args.model}"] if args.model else []),
             cwd=ROOT,
             env=env,
             capture_output=True,
             text=True,
-            check=True,
-        ).stdout
-        result = json.loads(out.strip().splitlines()[-1])
+        )
+        if child.returncode != 0:  # a bad --config or --model: the child's own last line
+            lines = child.stderr.strip().splitlines() or ["(no output)"]
+            print(f"error: the {name} arm failed: {lines[-1]}", file=sys.stderr)
+            sys.exit(2)
+        result = json.loads(child.stdout.strip().splitlines()[-1])
         result.update(cpus=os.cpu_count(), load_before=load)
         print(json.dumps(result, ensure_ascii=False), flush=True)
 
