@@ -10,7 +10,8 @@
 #                               reference), detcon_b_shared (masks.sampling='shared')
 #   SSLight DINO                dino_recipe (:fashion_mnist), dino_baseline (:fashion_mnist_baseline)
 #   M²T Table 1 rows            m2t_local_local, m2t_local_momentum, m2t_sync_sync (as
-#                               benchmarks/m2t_table1.sh, BN groups of GROUP images)
+#                               benchmarks/m2t_table1.sh, BN groups of GROUP images,
+#                               M2T_EPOCHS epochs)
 #   SaGe vs BYOL                sage (its evaluator: the BYOL run of the same seed), byol
 #
 #   bash benchmarks/seed_spread.sh [ROOT] [--config.FIELD=VALUE ...]
@@ -22,6 +23,8 @@
 #                smoke preset with the baseline's scales and α)
 #   TOTAL_STEPS  a step count for every run (default: unset, each preset's own schedule)
 #   GROUP        the M²T arms' BN group size (16; 4 with PRESET=smoke)
+#   M2T_EPOCHS   the M²T arms' epochs on the fashion_mnist preset (default 3, the length
+#                of the single-run miniature in docs/benchmarks.md; the preset's own is 10)
 #   ARMS         a subset of the arms above (default: all; sage needs byol)
 #   OUT          the Markdown table (default ROOT/seed_spread.md)
 #
@@ -40,10 +43,11 @@ all_arms="byol detcon_b detcon_b_shared dino_recipe dino_baseline m2t_local_loca
 arms=${ARMS:-$all_arms}
 case $preset in
   fashion_mnist) group=${GROUP:-16}; dino_baseline=configs/sslight_dino.py:fashion_mnist_baseline
-                 baseline_flags="" ;;
+                 baseline_flags=""; m2t_epochs="--config.epochs=${M2T_EPOCHS:-3}" ;;
   smoke) group=${GROUP:-4}; dino_baseline=configs/sslight_dino.py:smoke
          # configs/sslight_dino.py's baseline view sampling on the smoke preset
-         baseline_flags="--config.multicrop.global_min_scale=0.14 --config.multicrop.local_max_scale=0.14 --config.multicrop.alpha=0.14285714285714285" ;;
+         baseline_flags="--config.multicrop.global_min_scale=0.14 --config.multicrop.local_max_scale=0.14 --config.multicrop.alpha=0.14285714285714285"
+         m2t_epochs="" ;;
   *) echo "error: PRESET=$preset; use fashion_mnist or smoke" >&2; exit 2 ;;
 esac
 mkdir -p "$root"
@@ -70,9 +74,9 @@ arm_flags() {  # $1 = arm, $2 = seed -> flags beyond the preset
     detcon_b) echo "--config.masks.sampling=independent" ;;
     detcon_b_shared) echo "--config.masks.sampling=shared" ;;
     dino_baseline) echo "$baseline_flags" ;;
-    m2t_local_local) echo "--config.student_bn_group=$group --config.teacher_bn=batch --config.teacher_bn_group=$group" ;;
-    m2t_local_momentum) echo "--config.student_bn_group=$group --config.teacher_bn=momentum --config.teacher_bn_group=$group" ;;
-    m2t_sync_sync) echo "--config.student_bn_group=sync --config.teacher_bn=batch --config.teacher_bn_group=sync" ;;
+    m2t_local_local) echo "--config.student_bn_group=$group --config.teacher_bn=batch --config.teacher_bn_group=$group $m2t_epochs" ;;
+    m2t_local_momentum) echo "--config.student_bn_group=$group --config.teacher_bn=momentum --config.teacher_bn_group=$group $m2t_epochs" ;;
+    m2t_sync_sync) echo "--config.student_bn_group=sync --config.teacher_bn=batch --config.teacher_bn_group=sync $m2t_epochs" ;;
     sage) echo "--config.evaluator.checkpoint=$root/byol/seed$2" ;;
   esac
 }
