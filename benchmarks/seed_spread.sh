@@ -52,6 +52,12 @@ case $preset in
 esac
 mkdir -p "$root"
 quiet() { grep -Ev "oneDNN|InitializeLog|absl::|^[WI][0-9]{4} " || true; }
+failed() {  # $1 = log, $2 = what failed: the log's error line (else its last line), exit 2
+  local why
+  why=$(grep -m1 -E '^(error|[A-Za-z]*Error):' "$1" || grep -v '^$' "$1" | tail -n 1 || true)
+  echo "error: $2 failed: ${why#error: } (full log: $1)" >&2
+  exit 2
+}
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 python -c "import jax; print('jax', jax.__version__, jax.devices())"
@@ -94,12 +100,16 @@ for seed in $seeds; do
     echo "== $arm seed $seed: $config $(arm_flags "$arm" "$seed") (load $(cut -d' ' -f1 /proc/loadavg))"
     start=$(date +%s)
     # shellcheck disable=SC2046
-    python main.py --config="$config" --workdir="$workdir" --config.seed="$seed" \
-      $steps_flag $(arm_flags "$arm" "$seed") "$@" 2>&1 \
-      | quiet > "$workdir/seed_spread.train.log"
+    if ! python main.py --config="$config" --workdir="$workdir" --config.seed="$seed" \
+        $steps_flag $(arm_flags "$arm" "$seed") "$@" 2>&1 \
+        | quiet > "$workdir/seed_spread.train.log"; then
+      failed "$workdir/seed_spread.train.log" "training $arm seed $seed"
+    fi
     echo "$(( $(date +%s) - start ))" > "$workdir/seed_spread.seconds"
-    python -m ssljax.eval knn --workdir="$workdir" 2>>"$workdir/seed_spread.eval.log" \
-      | tail -n 1 > "$workdir/seed_spread.knn.tmp"
+    if ! python -m ssljax.eval knn --workdir="$workdir" 2>>"$workdir/seed_spread.eval.log" \
+        | tail -n 1 > "$workdir/seed_spread.knn.tmp"; then
+      failed "$workdir/seed_spread.eval.log" "k-NN of $arm seed $seed"
+    fi
     mv "$workdir/seed_spread.knn.tmp" "$workdir/seed_spread.knn.json"
     tail -n 1 "$workdir/seed_spread.knn.json"
   done
