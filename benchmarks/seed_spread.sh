@@ -29,7 +29,8 @@
 #   OUT          the Markdown table (default ROOT/seed_spread.md)
 #
 # A run whose directory holds `seed_spread.knn.json` is finished and is not redone, so an
-# interrupted script resumes where it stopped. Extra flags go to every training run.
+# interrupted script resumes where it stopped (each run's seed_spread.train.log keeps every
+# attempt). Extra flags go to every training run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${1:-runs/seed_spread}
@@ -100,9 +101,12 @@ for seed in $seeds; do
     echo "== $arm seed $seed: $config $(arm_flags "$arm" "$seed") (load $(cut -d' ' -f1 /proc/loadavg))"
     start=$(date +%s)
     # shellcheck disable=SC2046
+    # Appended, so the log of an interrupted attempt is kept beside the resumed one.
+    echo "== $(date -u +%FT%TZ): start (resumes from the newest checkpoint, if any)" \
+      >> "$workdir/seed_spread.train.log"
     if ! python main.py --config="$config" --workdir="$workdir" --config.seed="$seed" \
         $steps_flag $(arm_flags "$arm" "$seed") "$@" 2>&1 \
-        | quiet > "$workdir/seed_spread.train.log"; then
+        | quiet >> "$workdir/seed_spread.train.log"; then
       failed "$workdir/seed_spread.train.log" "training $arm seed $seed"
     fi
     echo "$(( $(date +%s) - start ))" > "$workdir/seed_spread.seconds"
@@ -157,17 +161,19 @@ for arm in arms:
     (m20, s20), (m200, s200) = spread(v20), spread(v200)
     per_seed = ", ".join(f"{v:.2f}" for v in v20)
     lines.append(f"| {arm} | {len(v20)} | {m20:.2f} ± {s20:.2f} | {m200:.2f} ± {s200:.2f} | {per_seed} |")
-lines += ["", "| comparison (20-NN) | Δ mean | std a + std b | exceeds the spread | Welch t |",
-          "|---|---|---|---|---|"]
+lines += ["", "| comparison | k | Δ mean | std a + std b | exceeds the spread | Welch t |",
+          "|---|---|---|---|---|---|"]
 for label, a, b in COMPARISONS:
-    va, vb = scores(a, "top1_k20"), scores(b, "top1_k20")
-    if len(va) < 2 or len(vb) < 2:
-        continue
-    (ma, sa), (mb, sb) = spread(va), spread(vb)
-    delta, band = ma - mb, sa + sb
-    se = math.sqrt(sa**2 / len(va) + sb**2 / len(vb))
-    t = delta / se if se > 0 else float("inf")
-    lines.append(f"| {label} | {delta:+.2f} | {band:.2f} | {'yes' if abs(delta) > band else 'no'} | {t:+.2f} |")
+    for key, k in (("top1_k20", 20), ("top1_k200", 200)):
+        va, vb = scores(a, key), scores(b, key)
+        if len(va) < 2 or len(vb) < 2:
+            continue
+        (ma, sa), (mb, sb) = spread(va), spread(vb)
+        delta, band = ma - mb, sa + sb
+        se = math.sqrt(sa**2 / len(va) + sb**2 / len(vb))
+        t = delta / se if se > 0 else float("inf")
+        lines.append(f"| {label} ({len(va)} vs {len(vb)} seeds) | {k} | {delta:+.2f} | {band:.2f} | "
+                     f"{'yes' if abs(delta) > band else 'no'} | {t:+.2f} |")
 text = "\n".join(lines) + "\n"
 out.write_text(text)
 print("\n" + text + f"\nwritten: {out}")
