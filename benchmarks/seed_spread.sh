@@ -3,7 +3,7 @@
 # arm pre-trained with SEEDS seeds (default 3), 20-NN and 200-NN top-1 of each run, then
 # mean ± std per arm and, per comparison, whether the difference of the means exceeds the
 # seed spread (|Δ| > std_a + std_b, i.e. the two mean ± std intervals do not overlap; the
-# Welch t is printed beside it).
+# Welch t and the mean ± std of the same-seed differences are printed beside it).
 #
 #   comparison                  arms
 #   DetCon_B vs BYOL            byol, detcon_b (masks.sampling='independent', the
@@ -136,13 +136,17 @@ COMPARISONS = [
 ]
 
 
-def scores(arm, key):
-    values = []
+def by_seed(arm, key):
+    values = {}
     for seed in seeds:
         path = root / arm / f"seed{seed}" / "seed_spread.knn.json"
         if path.exists():
-            values.append(100 * json.loads(path.read_text())[key])
+            values[seed] = 100 * json.loads(path.read_text())[key]
     return values
+
+
+def scores(arm, key):
+    return list(by_seed(arm, key).values())
 
 
 def spread(values):
@@ -161,8 +165,10 @@ for arm in arms:
     (m20, s20), (m200, s200) = spread(v20), spread(v200)
     per_seed = ", ".join(f"{v:.2f}" for v in v20)
     lines.append(f"| {arm} | {len(v20)} | {m20:.2f} ± {s20:.2f} | {m200:.2f} ± {s200:.2f} | {per_seed} |")
-lines += ["", "| comparison | k | Δ mean | std a + std b | exceeds the spread | Welch t |",
-          "|---|---|---|---|---|---|"]
+# The arms of one seed share initialisation, data order and augmentation, so the same-seed
+# difference (paired) also removes the part of the spread that moves every arm alike.
+lines += ["", "| comparison | k | Δ mean | std a + std b | exceeds the spread | Welch t "
+          "| same-seed Δ, mean ± std (seeds) |", "|---|---|---|---|---|---|---|"]
 for label, a, b in COMPARISONS:
     for key, k in (("top1_k20", 20), ("top1_k200", 200)):
         va, vb = scores(a, key), scores(b, key)
@@ -172,8 +178,12 @@ for label, a, b in COMPARISONS:
         delta, band = ma - mb, sa + sb
         se = math.sqrt(sa**2 / len(va) + sb**2 / len(vb))
         t = delta / se if se > 0 else float("inf")
+        pa, pb = by_seed(a, key), by_seed(b, key)
+        paired = [pa[seed] - pb[seed] for seed in pa if seed in pb]
+        paired_text = (f"{statistics.fmean(paired):+.2f} ± {statistics.stdev(paired):.2f} ({len(paired)})"
+                       if len(paired) > 1 else "–")
         lines.append(f"| {label} ({len(va)} vs {len(vb)} seeds) | {k} | {delta:+.2f} | {band:.2f} | "
-                     f"{'yes' if abs(delta) > band else 'no'} | {t:+.2f} |")
+                     f"{'yes' if abs(delta) > band else 'no'} | {t:+.2f} | {paired_text} |")
 text = "\n".join(lines) + "\n"
 out.write_text(text)
 print("\n" + text + f"\nwritten: {out}")
