@@ -100,10 +100,10 @@ for seed in $seeds; do
     mkdir -p "$workdir"
     echo "== $arm seed $seed: $config $(arm_flags "$arm" "$seed") (load $(cut -d' ' -f1 /proc/loadavg))"
     start=$(date +%s)
-    # shellcheck disable=SC2046
     # Appended, so the log of an interrupted attempt is kept beside the resumed one.
     echo "== $(date -u +%FT%TZ): start (resumes from the newest checkpoint, if any)" \
       >> "$workdir/seed_spread.train.log"
+    # shellcheck disable=SC2046
     if ! python main.py --config="$config" --workdir="$workdir" --config.seed="$seed" \
         $steps_flag $(arm_flags "$arm" "$seed") "$@" 2>&1 \
         | quiet >> "$workdir/seed_spread.train.log"; then
