@@ -145,10 +145,6 @@ def by_seed(arm, key):
     return values
 
 
-def scores(arm, key):
-    return list(by_seed(arm, key).values())
-
-
 def spread(values):
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else float("nan")
@@ -159,7 +155,7 @@ lines = [f"Seed spread on the `{preset}` presets: {len(seeds)} seeds ({' '.join(
          "k-NN top-1 (%) on the test split, mean ± sample std over seeds.", "",
          "| arm | seeds | 20-NN | 200-NN | per seed (20-NN) |", "|---|---|---|---|---|"]
 for arm in arms:
-    v20, v200 = scores(arm, "top1_k20"), scores(arm, "top1_k200")
+    v20, v200 = list(by_seed(arm, "top1_k20").values()), list(by_seed(arm, "top1_k200").values())
     if not v20:
         continue
     (m20, s20), (m200, s200) = spread(v20), spread(v200)
@@ -171,14 +167,14 @@ lines += ["", "| comparison | k | Δ mean | std a + std b | exceeds the spread |
           "| same-seed Δ, mean ± std (seeds) |", "|---|---|---|---|---|---|---|"]
 for label, a, b in COMPARISONS:
     for key, k in (("top1_k20", 20), ("top1_k200", 200)):
-        va, vb = scores(a, key), scores(b, key)
+        pa, pb = by_seed(a, key), by_seed(b, key)
+        va, vb = list(pa.values()), list(pb.values())
         if len(va) < 2 or len(vb) < 2:
             continue
         (ma, sa), (mb, sb) = spread(va), spread(vb)
         delta, band = ma - mb, sa + sb
         se = math.sqrt(sa**2 / len(va) + sb**2 / len(vb))
         t = delta / se if se > 0 else float("inf")
-        pa, pb = by_seed(a, key), by_seed(b, key)
         paired = [pa[seed] - pb[seed] for seed in pa if seed in pb]
         paired_text = (f"{statistics.fmean(paired):+.2f} ± {statistics.stdev(paired):.2f} ({len(paired)})"
                        if len(paired) > 1 else "–")
