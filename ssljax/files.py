@@ -9,13 +9,17 @@ append (local disks); on object stores, which cannot, it is rewritten whole, ato
 JSON written here is strict JSON: a non-finite float becomes the string "NaN", "Infinity"
 or "-Infinity" (`float()` in Python and `Number()` in JavaScript read them back);
 `read_jsonl` turns them back into floats.
+
+One trainer a workdir: `WorkdirLock` refuses a second one while the first runs.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shlex
 import sys
 import uuid
 from typing import Any
@@ -122,3 +126,78 @@ def append_jsonl(path: str | Path, row: dict, rows: list[dict]) -> None:
     with open(path, "a") as f:
         f.write(dumps(row) + "\n")
         f.flush()
+
+
+class WorkdirLock:
+    """Keeps a second trainer off a workdir that one is training.
+
+    An exclusive `flock` on the workdir directory itself, so nothing is written for it:
+    taken by process 0 at the start of `train` (before anything else reads or writes the
+    workdir) and held until `train` returns. The kernel drops it when the process ends
+    in any way, a hard kill included, so a dead run never leaves a stale lock. Local
+    workdirs only: object stores (gs://) have no locks, and there a second trainer is not
+    detected. On filesystems without `flock` on directories the lock is skipped.
+    """
+
+    def __init__(self, workdir: str | Path):
+        self.workdir = Path(workdir)
+        self._fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock: None when it is held now or cannot apply (no local directory
+        yet, an object store), else a message naming the process that holds it."""
+        if self._fd is not None or not _is_local(self.workdir) or not self.workdir.is_dir():
+            return None
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system
+            return None
+        fd = os.open(self.workdir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None  # flock unsupported here (some network filesystems)
+            return (
+                f"--workdir={self.workdir} is being trained by {_lock_holder(self.workdir)}; "
+                "wait for it to end, stop it (SIGTERM saves a checkpoint to resume from), "
+                "or choose another --workdir"
+            )
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def _lock_holder(directory: Path) -> str:
+    """'process PID (its command line)' for the flock on `directory`, from /proc/locks
+    (Linux); 'another process' where that cannot be read."""
+    try:
+        st = os.stat(directory)
+        device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks") as f:
+            pids = [
+                fields[4]
+                for fields in (line.split() for line in f)
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device
+            ]
+    except OSError:
+        return "another process"
+    if not pids:
+        return "another process"
+    pid = pids[0]
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        argv = []
+    if not argv:
+        return f"process {pid}"
+    command = shlex.join(argv)
+    if len(command) > 400:
+        command = command[:397] + "..."
+    return f"process {pid} ({command})"

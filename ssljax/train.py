@@ -202,10 +202,29 @@ def _check_workdir(workdir: Path) -> None:
         )
 
 
-def _prepare_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """Create `workdir` and write config.json: the first writes of a run."""
+def _hold(lock: files.WorkdirLock) -> None:
+    """Take `lock` on process 0; every process raises the same UserError if another
+    trainer holds it (process 0's message names that trainer)."""
+    refusal = lock.acquire() if jax.process_index() == 0 else None
+    if jax.process_count() > 1:
+        refused = multihost_utils.broadcast_one_to_all(np.array(refusal is not None))
+        if bool(refused) and refusal is None:
+            refusal = (
+                f"--workdir={lock.workdir} is being trained by another process (process 0 "
+                "names it); wait for it to end or choose another --workdir"
+            )
+    if refusal is not None:
+        raise UserError(refusal)
+
+
+def _prepare_workdir(
+    workdir: Path, config: ml_collections.ConfigDict, lock: files.WorkdirLock
+) -> None:
+    """Create `workdir`, take its lock if the workdir is new, and write config.json: the
+    first writes of a run."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
+        _hold(lock)  # a new workdir: another trainer may have created it meanwhile
         save_config(config, workdir)
     except OSError as e:
         raise UserError(
@@ -286,12 +305,30 @@ def train(
     `stopped_by_time_limit` = 1, and running again resumes from that step.
     SIGTERM (or, with several processes, JAX's preemption notice) saves at the next step
     boundary, all processes at the same step, and raises `Preempted`. Too many
-    non-finite steps in a row (`config.nonfinite`) raise `TrainingDiverged`.
+    non-finite steps in a row (`config.nonfinite`) raise `TrainingDiverged`. A workdir
+    that another process is training is refused (`files.WorkdirLock`).
     """
     budget = config.get("max_train_seconds", 0) or 0
     deadline = time.monotonic() + budget if budget > 0 else None
     workdir = Path(workdir)
     _check_workdir(workdir)
+    lock = files.WorkdirLock(workdir)
+    _hold(lock)  # before anything reads the workdir: one trainer at a time
+    try:
+        return _train(config, workdir, mesh, stop_at, lock, budget, deadline)
+    finally:
+        lock.release()
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    mesh: Mesh | None,
+    stop_at: int | None,
+    lock: files.WorkdirLock,
+    budget: float,
+    deadline: float | None,
+) -> TrainState:
     run = setup(config, mesh)
     check_same_config(config, workdir)
     checkpoints = workdir / "checkpoints"
@@ -316,7 +353,7 @@ def train(
     if start < end:  # errors in tracing the step, too
         lowered = train_step.lower(state, sharding.global_batch(first, run.mesh), step_rng)
 
-    _prepare_workdir(workdir, config)
+    _prepare_workdir(workdir, config, lock)
     provenance.record_start(workdir, start, list(run.mesh.devices.flat))
     if checkpointer is None:
         checkpointer = Checkpointer(checkpoints, keep=config.keep_checkpoints)

@@ -78,3 +78,47 @@ def test_the_logger_resumes_after_a_kill_mid_write_and_appends(tmp_path, damage,
         assert "no rows up to step 2" in capsys.readouterr().err
     for line in path.read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+
+
+def test_a_workdir_lock_refuses_a_second_holder_names_it_and_frees_on_exit(tmp_path):
+    """Another process holds the lock: a second is refused with its pid and command line,
+    nothing is written in the workdir, and the lock is free once that process ends."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+            str(tmp_path),
+            "--marker=trainer",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        lock = files.WorkdirLock(tmp_path)
+        refusal = lock.acquire()
+        assert refusal is not None
+        assert f"is being trained by process {holder.pid} (" in refusal
+        assert "--marker=trainer" in refusal and "choose another --workdir" in refusal
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        holder.stdin.close()  # the holder exits; a hard kill frees the lock the same way
+        holder.wait(timeout=30)
+    assert lock.acquire() is None
+    second = files.WorkdirLock(tmp_path)
+    assert "is being trained by process" in second.acquire()  # this process holds it now
+    lock.release()
+    assert second.acquire() is None
+    second.release()
+
+
+def test_a_workdir_lock_does_not_apply_to_a_missing_directory_or_an_object_store(tmp_path):
+    assert files.WorkdirLock(tmp_path / "not_yet").acquire() is None
+    assert not (tmp_path / "not_yet").exists()
+    assert files.WorkdirLock("gs://bucket/run").acquire() is None

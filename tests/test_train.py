@@ -138,8 +138,9 @@ def test_an_absurd_learning_rate_stops_after_the_allowed_skips_with_finite_check
 def test_sigterm_saves_at_the_next_step_and_the_rerun_ends_as_an_uninterrupted_run(
     config, tmp_path
 ):
-    """A real `main.py` process gets SIGTERM mid-run; the persistent compilation cache
-    lets the in-process runs reuse its compiled step."""
+    """A real `main.py` process gets SIGTERM mid-run, and a second trainer on its
+    workdir is refused meanwhile; the persistent compilation cache lets the in-process
+    runs reuse its compiled step."""
     import os
     import signal
     import subprocess
@@ -173,12 +174,18 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_ends_as_an_uninterrupted_r
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines = []
+    lines, refusal = [], None
     for line in process.stdout:
         lines.append(line)
         if line.startswith("step 3/10"):
+            try:  # a second trainer on the workdir the process is training
+                train.train(long, workdir)
+            except UserError as e:
+                refusal = str(e)
             process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=600) == 0, "".join(lines[-30:])
+    assert refusal is not None and f"being trained by process {process.pid} (" in refusal
+    assert f"--workdir={workdir}" in refusal.split("(", 1)[1]  # its command line
     (stopped,) = [line for line in lines if line.startswith("preempted: saved step")]
     step = int(stopped.split()[3])
     assert 3 <= step < 10 and "resume with the same command: python main.py" in stopped
