@@ -152,7 +152,10 @@ class WorkdirLock:
             import fcntl
         except ImportError:  # not a POSIX system
             return None
-        fd = os.open(self.workdir, os.O_RDONLY)
+        try:
+            fd = os.open(self.workdir, os.O_RDONLY)  # not inherited by child processes
+        except OSError:  # an unreadable directory: the run's own reads will say so
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
