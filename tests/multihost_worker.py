@@ -23,7 +23,7 @@ def main(process_id: int, port: int, workdir: str, total_steps: int) -> None:
     from pathlib import Path
 
     from ssljax import configlib, train
-    from ssljax.errors import Preempted
+    from ssljax.errors import Preempted, UserError
 
     config = configlib.load(str(Path(__file__).parent.parent / "configs" / "byol.py:smoke"))
     config.total_steps = total_steps
@@ -35,6 +35,9 @@ def main(process_id: int, port: int, workdir: str, total_steps: int) -> None:
         train.train(config, workdir)
     except Preempted as e:
         print(f"process {jax.process_index()}: {e}", flush=True)
+    except UserError as e:
+        print(f"process {jax.process_index()}: error: {e}", flush=True)
+        sys.exit(2)
     print(f"process {jax.process_index()} of {jax.process_count()}: done", flush=True)
 
 

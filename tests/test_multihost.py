@@ -120,3 +120,51 @@ def test_two_processes_train_like_one_process_fed_both_shards(preempted, tmp_pat
     got, want = update(actual), update(desired)
     assert np.linalg.norm(want) > 0
     assert np.linalg.norm(got - want) <= 1e-3 * np.linalg.norm(want)
+
+
+def test_a_workdir_another_trainer_holds_is_refused_by_every_process(tmp_path):
+    """Process 0 finds the workdir locked by a running trainer; both processes stop with
+    the same one-line error (none waits for the other) and nothing is written."""
+    workdir = tmp_path / "held"
+    workdir.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+            str(workdir),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        port = _free_port()
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+        )
+        worker = str(ROOT / "tests" / "multihost_worker.py")
+        workers = [
+            subprocess.Popen(
+                [sys.executable, worker, str(i), str(port), str(workdir), "4"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        outputs = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert [w.returncode for w in workers] == [2, 2], outputs
+    assert (
+        f"process 0: error: --workdir={workdir} is being trained by process {holder.pid}"
+        in outputs[0]
+    )
+    assert "process 1: error: " in outputs[1] and "process 0 names it" in outputs[1]
+    assert list(workdir.iterdir()) == []
