@@ -308,14 +308,12 @@ def train(
     non-finite steps in a row (`config.nonfinite`) raise `TrainingDiverged`. A workdir
     that another process is training is refused (`files.WorkdirLock`).
     """
-    budget = config.get("max_train_seconds", 0) or 0
-    deadline = time.monotonic() + budget if budget > 0 else None
     workdir = Path(workdir)
     _check_workdir(workdir)
     lock = files.WorkdirLock(workdir)
     _hold(lock)  # before anything reads the workdir: one trainer at a time
     try:
-        return _train(config, workdir, mesh, stop_at, lock, budget, deadline)
+        return _train(config, workdir, mesh, stop_at, lock)
     finally:
         lock.release()
 
@@ -326,9 +324,9 @@ def _train(
     mesh: Mesh | None,
     stop_at: int | None,
     lock: files.WorkdirLock,
-    budget: float,
-    deadline: float | None,
 ) -> TrainState:
+    budget = config.get("max_train_seconds", 0) or 0
+    deadline = time.monotonic() + budget if budget > 0 else None
     run = setup(config, mesh)
     check_same_config(config, workdir)
     checkpoints = workdir / "checkpoints"

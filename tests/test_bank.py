@@ -1,12 +1,9 @@
 """ssljax.eval.bank: features kept sharded over 8 devices give the single-device k-NN and
 linear results (raw pixels of a few hundred Fashion-MNIST images: no encoder to compile)."""
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
+import helpers
 import jax
 import numpy as np
 import pytest
@@ -80,27 +77,8 @@ def test_the_cache_restores_the_same_sharded_bank(run, banks, tmp_path, monkeypa
     assert again.features.sharding == first.features.sharding
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_of_four_devices_equal_the_single_device_results():
-    port = _free_port()
-    env = dict(os.environ)  # the workers set their own device count
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "multihost_eval_worker.py"), str(i), str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    workers = helpers.start_processes("multihost_eval_worker.py")
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     for w, out in zip(workers, outputs):
         assert w.returncode == 0, out[-3000:]

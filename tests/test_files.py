@@ -3,6 +3,7 @@
 import json
 import math
 
+import helpers
 import pytest
 
 from ssljax import files
@@ -80,37 +81,17 @@ def test_the_logger_resumes_after_a_kill_mid_write_and_appends(tmp_path, damage,
         json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c}"))
 
 
-def test_a_workdir_lock_refuses_a_second_holder_names_it_and_frees_on_exit(tmp_path):
+def test_a_workdir_lock_refuses_a_second_holder_names_it_and_frees_on_kill(tmp_path):
     """Another process holds the lock: a second is refused with its pid and command line,
-    nothing is written in the workdir, and the lock is free once that process ends."""
-    import subprocess
-    import sys
-
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
-            str(tmp_path),
-            "--marker=trainer",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline() == "held\n"
+    nothing is written in the workdir, and the lock is free once that process is killed."""
+    with helpers.holding_workdir_lock(tmp_path, "--marker=trainer") as holder:
         lock = files.WorkdirLock(tmp_path)
         refusal = lock.acquire()
         assert refusal is not None
         assert f"is being trained by process {holder.pid} (" in refusal
         assert "--marker=trainer" in refusal and "choose another --workdir" in refusal
         assert list(tmp_path.iterdir()) == []
-    finally:
-        holder.stdin.close()  # the holder exits; a hard kill frees the lock the same way
-        holder.wait(timeout=30)
-    assert lock.acquire() is None
+    assert lock.acquire() is None  # the holder got SIGKILL: no stale lock
     second = files.WorkdirLock(tmp_path)
     assert "is being trained by process" in second.acquire()  # this process holds it now
     lock.release()

@@ -1,12 +1,9 @@
 """Two processes on localhost, 4 CPU devices each, form one 8-device mesh (gloo)."""
 
-import os
 import re
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
+import helpers
 import jax
 import numpy as np
 import pytest
@@ -18,12 +15,6 @@ from ssljax.data import pipeline
 ROOT = Path(__file__).parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 STEPS = 20  # the run's length; SIGTERM reaches it after step 3
 
 
@@ -32,21 +23,8 @@ def preempted(tmp_path_factory):
     """A 2-process run whose process 1 gets SIGTERM after step 3 (both tests read it)."""
     import signal
 
-    port, workdir = _free_port(), tmp_path_factory.mktemp("multihost") / "preempted"
-    env = dict(os.environ)  # the workers set their own device count
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    worker = str(ROOT / "tests" / "multihost_worker.py")
-    workers = [
-        subprocess.Popen(
-            [sys.executable, worker, str(i), str(port), str(workdir), str(STEPS)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    workdir = tmp_path_factory.mktemp("multihost") / "preempted"
+    workers = helpers.start_processes("multihost_worker.py", workdir, STEPS)
     lines = []
     for line in workers[0].stdout:  # only process 0 prints the step lines
         lines.append(line)
@@ -127,40 +105,9 @@ def test_a_workdir_another_trainer_holds_is_refused_by_every_process(tmp_path):
     the same one-line error (none waits for the other) and nothing is written."""
     workdir = tmp_path / "held"
     workdir.mkdir()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
-            str(workdir),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline() == "held\n"
-        port = _free_port()
-        env = dict(
-            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-        )
-        worker = str(ROOT / "tests" / "multihost_worker.py")
-        workers = [
-            subprocess.Popen(
-                [sys.executable, worker, str(i), str(port), str(workdir), "4"],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for i in range(2)
-        ]
+    with helpers.holding_workdir_lock(workdir) as holder:
+        workers = helpers.start_processes("multihost_worker.py", workdir, 4)
         outputs = [w.communicate(timeout=300)[0] for w in workers]
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
     assert [w.returncode for w in workers] == [2, 2], outputs
     assert (
         f"process 0: error: --workdir={workdir} is being trained by process {holder.pid}"
